@@ -75,7 +75,7 @@ def step_name(number: int) -> str:
 
 
 def looks_like_step(name: str) -> bool:
-    """True for every name a `step_*` glob matches: such entries are steps or foreign, never ours."""
+    """True for every name a `step_*` glob matches: a step or foreign, never the janitor's own."""
     return name.startswith(STEP_PREFIX)
 
 
@@ -101,7 +101,7 @@ def format_marker(step: int) -> bytes:
     return step_name(step)[len(STEP_PREFIX) :].encode("ascii") + b"\n"
 
 
-def consumer_of(name: str) -> str | None | Invalid:
+def consumer_of(name: str) -> str | Invalid | None:
     """Classify a directory entry as a consumer marker.
 
     Returns "" for `LOADED_STEP`, the consumer name for `LOADED_STEP.<name>`, None when the entry is
@@ -122,7 +122,7 @@ def consumer_of(name: str) -> str | None | Invalid:
 
 
 def is_writer_temporary(suffix: str) -> bool:
-    """A marker suffix that a writer uses while publishing (`x.tmp`, `.hidden`), never a consumer."""
+    """A marker suffix a writer uses while publishing (`x.tmp`, `.hidden`): never a consumer."""
     return suffix.startswith(".") or suffix.endswith(".tmp") or suffix == "tmp"
 
 
@@ -139,3 +139,12 @@ def marker_name(consumer: str | None = None) -> str:
 def is_staging_name(name: str) -> bool:
     """True for the hidden staging directories that trainer_hooks writes steps into."""
     return name.startswith(STAGING_PREFIX)
+
+
+def printable(name: str) -> str:
+    """A one-line, printable rendering of a directory entry name (newlines, invalid UTF-8, ...)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return repr(text)[1:-1]

@@ -1,0 +1,142 @@
+"""The `janitor` command line: `sweep` (one pass), `run` (the daemon), `status`.
+
+Every option can also come from a JANITOR_* environment variable (the sidecar and systemd way).
+A user error is one line on stderr, `janitor: error: ...`, and exit code 2; see janitor.exitcodes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from janitor import __version__, exitcodes, protocol
+from janitor.policy import Policy, PolicyError
+from janitor.report import DirectoryReport, directory_json, directory_text, human_bytes
+from janitor.scan import ScanOptions
+from janitor.sweep import SweepRequest
+from janitor.sweep import sweep as run_sweep
+
+F = Callable[..., Any]
+
+
+def policy_options(command: F) -> F:
+    """The options every command that plans shares, each with its JANITOR_* variable."""
+    options = [
+        click.option("--interval-to-keep", type=int, default=None,
+                     envvar="JANITOR_INTERVAL_TO_KEEP", show_envvar=True,
+                     help="Keep every step whose number is a multiple of N."),
+        click.option("--keep-last", type=int, default=1, show_default=True,
+                     envvar="JANITOR_KEEP_LAST", show_envvar=True,
+                     help="Keep the K newest complete steps."),
+        click.option("--gate/--no-gate", default=True, show_default=True, envvar="JANITOR_GATE",
+                     show_envvar=True,
+                     help="Delete only below the loaded step (LOADED_STEP markers). "
+                          "--no-gate ignores consumers: only keep-last protects steps."),
+        click.option("--complete-marker", "complete_markers", multiple=True,
+                     default=(protocol.DEFAULT_COMPLETE_MARKER,), show_default=True,
+                     envvar="JANITOR_COMPLETE_MARKER", show_envvar=True,
+                     help="File whose presence marks a step complete (repeatable: any counts).",
+                     metavar="NAME"),
+        click.option("--progress", type=click.Choice(["loaded-step", "receiver-ready"]),
+                     default="loaded-step", show_default=True, envvar="JANITOR_PROGRESS",
+                     show_envvar=True,
+                     help="Where consumer progress is read: LOADED_STEP markers, or per-step "
+                          ".receiver_ready sentinels."),
+        click.option("--partial-grace", type=float, default=600.0, show_default=True,
+                     envvar="JANITOR_PARTIAL_GRACE", show_envvar=True, metavar="SECONDS",
+                     help="Incomplete steps and staging dirs changed more recently are kept."),
+        click.option("--max-depth", type=click.IntRange(min=0), default=3, show_default=True,
+                     envvar="JANITOR_MAX_DEPTH", show_envvar=True,
+                     help="How deep under each root to look for managed directories."),
+        click.option("--dry-run", is_flag=True, envvar="JANITOR_DRY_RUN", show_envvar=True,
+                     help="Decide and print, change nothing on disk (no lock, no trash)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
+    """The Policy and ScanOptions from parsed options; a bad combination is a usage error."""
+    markers = tuple(kwargs.pop("complete_markers"))
+    for marker in markers:
+        if not marker or "/" in marker or marker in (".", ".."):
+            raise click.UsageError(f"--complete-marker {marker!r} must be a plain file name")
+    try:
+        policy = Policy(gated=kwargs.pop("gate"), interval_to_keep=kwargs.pop("interval_to_keep"),
+                        keep_last=kwargs.pop("keep_last"),
+                        partial_grace_s=kwargs.pop("partial_grace"),
+                        progress=kwargs.pop("progress"))
+    except PolicyError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = ScanOptions(complete_markers=markers,
+                          receiver_ready=policy.progress == "receiver-ready")
+    return policy, options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="janitor")
+def cli() -> None:
+    """Delete old checkpoint steps only after every consumer has loaded past them."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="PATH...")
+@policy_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+def sweep(paths: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
+    """One pass over each managed directory under PATH: decide, print, delete.
+
+    Exit codes: 0 nothing to delete, 3 deleted (or would), 4 refused (left a directory untouched),
+    5 error, 2 usage.
+    """
+    dry_run = bool(kwargs.pop("dry_run"))
+    max_depth = int(kwargs.pop("max_depth"))
+    policy, options = build_policy(kwargs)
+    request = SweepRequest(tuple(paths), policy, options, dry_run, max_depth)
+
+    def show(report: DirectoryReport) -> None:
+        if not as_json:
+            for line in directory_text(report, dry_run):
+                click.echo(line)
+
+    code, reports = run_sweep(request, problem=_problem_line, on_directory=show)
+    freed = sum(r.freed_bytes(dry_run) for r in reports)
+    deleted = sum(r.deleted_count(dry_run) for r in reports)
+    if as_json:
+        click.echo(json.dumps({
+            "dry_run": dry_run, "exit_code": code, "policy": policy.describe(),
+            "deleted": deleted, "freed_bytes": freed,
+            "directories": [directory_json(r, dry_run) for r in reports],
+        }, indent=2))
+    else:
+        verb = "would free" if dry_run else "freed"
+        noun = "directory" if len(reports) == 1 else "directories"
+        click.echo(f"total: {verb} {human_bytes(freed)} in {deleted} steps across "
+                   f"{len(reports)} {noun}{' (dry run: nothing changed)' if dry_run else ''}")
+    sys.exit(code)
+
+
+def _problem_line(line: str) -> None:
+    click.echo(f"janitor: {line}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click without its multi-line usage dumps; one line per user error."""
+    try:
+        cli.main(args=argv, prog_name="janitor", standalone_mode=False)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "janitor"
+        click.echo(f"janitor: error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exitcodes.USAGE)
+    except click.ClickException as exc:
+        click.echo(f"janitor: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("janitor: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)

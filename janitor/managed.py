@@ -1,0 +1,111 @@
+"""One managed directory held open: scan, plan and execute against the same directory fd.
+
+This is the single executor both `janitor sweep` and the daemon use. With dry_run it plans exactly
+as the real run does and then stops: no lock, no trash directory, no rename.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from janitor import lock, mounts, reaper
+from janitor.policy import Plan, Policy, plan
+from janitor.scan import ScanOptions, Snapshot, open_directory, scan
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one reconcile pass over one directory saw, decided and did."""
+
+    path: str
+    snapshot: Snapshot
+    plan: Plan
+    trashed: list[reaper.Trashed] = field(default_factory=list)
+    skipped: list[reaper.Skipped] = field(default_factory=list)
+
+
+class ManagedDirectory:
+    """An open managed directory. Holds its lock unless dry_run; close() releases everything."""
+
+    def __init__(self, path: str, *, dry_run: bool, policy: Policy, options: ScanOptions) -> None:
+        self.path = path
+        self.dry_run = dry_run
+        self.policy = policy
+        self.options = options
+        self.fd = open_directory(path)
+        st = os.fstat(self.fd)
+        self.dev, self.ino = st.st_dev, st.st_ino
+        self._lock: lock.DirectoryLock | None = None
+        self._trash_fd: int | None = None
+        try:
+            if not dry_run:
+                self._lock = lock.acquire(self.fd, path, policy.describe())
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self._trash_fd is not None:
+            os.close(self._trash_fd)
+            self._trash_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ManagedDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def still_same(self) -> bool:
+        """False once the path names another directory than the open one (replaced, unmounted)."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
+    def look(self) -> tuple[Snapshot, Plan]:
+        """A fresh scan and its plan; no change on disk."""
+        snapshot = scan(self.fd, self.path, self.options)
+        return snapshot, plan(snapshot, self.policy)
+
+    def reconcile(self) -> PassResult:
+        """Scan, plan and (unless dry_run) move every doomed entry into the trash, durably."""
+        snapshot, decided = self.look()
+        result = PassResult(self.path, snapshot, decided)
+        if self.dry_run or not decided.doomed:
+            return result
+        trash_fd = self.trash_fd(create=True)
+        assert trash_fd is not None
+        points = mounts.mount_points()
+        for decision in decided.doomed:
+            outcome = reaper.move_to_trash(self.fd, self.path, trash_fd, decision.entry, points)
+            if isinstance(outcome, reaper.Trashed):
+                result.trashed.append(outcome)
+            else:
+                result.skipped.append(outcome)
+        if result.trashed:
+            reaper.sync_directories(self.fd, trash_fd)
+        return result
+
+    def trash_fd(self, *, create: bool) -> int | None:
+        """The open trash directory (created on first need unless dry_run)."""
+        if self._trash_fd is None:
+            create = create and not self.dry_run
+            self._trash_fd = reaper.open_trash(self.fd, self.dev, create=create)
+        return self._trash_fd
+
+    def reclaim(self, names: list[str] | None = None) -> reaper.ReclaimStats:
+        """Free the bytes of what is in the trash (leftovers of a killed run included)."""
+        if self.dry_run:
+            return reaper.ReclaimStats()
+        trash_fd = self.trash_fd(create=False)
+        if trash_fd is None:
+            return reaper.ReclaimStats()
+        return reaper.reclaim(trash_fd, names)

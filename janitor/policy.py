@@ -1,0 +1,207 @@
+"""The retention policy: a pure plan from a Snapshot to one Decision, with its reason, per entry.
+
+`plan` does no I/O and reads no clock: the snapshot carries the scan time. Dry-run, sweep output,
+logs, metrics and the daemon all print or execute this same result. The Reason strings are the
+project's vocabulary; docs/policy.md explains each one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from janitor.scan import Entry, Snapshot
+
+
+class Reason(StrEnum):
+    """Why an entry is kept or deleted. The first rule that matches decides."""
+
+    PINNED = "pinned"
+    NO_VALID_MARKER = "no-valid-marker"
+    INTERVAL_MULTIPLE = "interval-multiple"
+    NEWEST_COMPLETE = "newest-complete"
+    IN_PROGRESS = "in-progress"
+    KEEP_LAST = "keep-last"
+    AT_OR_ABOVE_LOADED = "at-or-above-loaded"
+    CHANGED_AFTER_MARKER = "changed-after-marker"
+    # Deletions:
+    SUPERSEDED = "superseded"
+    ABANDONED_PARTIAL = "abandoned-partial"
+    ABANDONED_STAGING = "abandoned-staging"
+
+
+DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.ABANDONED_STAGING})
+
+ProgressSource = Literal["loaded-step", "receiver-ready"]
+
+
+class PolicyError(ValueError):
+    """A policy that is refused before it can run (e.g. one that could delete every step)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The knobs of retention. Validated on construction: a bad policy never runs."""
+
+    gated: bool = True
+    interval_to_keep: int | None = None
+    keep_last: int = 1
+    # An incomplete step or a staging directory changed within this many seconds may still be
+    # being written (by another rank, or a slow writer): it is in progress, not abandoned.
+    partial_grace_s: float = 600.0
+    progress: ProgressSource = "loaded-step"
+
+    def __post_init__(self) -> None:
+        if self.interval_to_keep is not None and (
+            isinstance(self.interval_to_keep, bool) or self.interval_to_keep < 1
+        ):
+            raise PolicyError(
+                f"--interval-to-keep must be a whole number >= 1, got {self.interval_to_keep}; "
+                "leave it out to keep no multiples"
+            )
+        if self.keep_last < 1:
+            raise PolicyError(
+                f"--keep-last must be >= 1, got {self.keep_last}: a policy that may delete "
+                "every complete step is refused"
+            )
+        if self.partial_grace_s < 0:
+            raise PolicyError(f"--partial-grace must be >= 0 seconds, got {self.partial_grace_s}")
+        if self.progress not in ("loaded-step", "receiver-ready"):
+            raise PolicyError(f"unknown progress source {self.progress!r}")
+
+    def describe(self) -> dict[str, object]:
+        """A plain dict of the policy, for the lock file, logs and JSON output."""
+        return {
+            "gated": self.gated,
+            "interval_to_keep": self.interval_to_keep,
+            "keep_last": self.keep_last,
+            "partial_grace_s": self.partial_grace_s,
+            "progress": self.progress,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    entry: Entry
+    delete: bool
+    reason: Reason
+
+    @property
+    def action(self) -> str:
+        return "delete" if self.delete else "keep"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far every consumer has loaded, and since when (the license for deleting below it)."""
+
+    loaded_step: int | None
+    marker_ns: int | None
+    problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    decisions: tuple[Decision, ...]
+    progress: Progress
+    newest_complete: int | None
+
+    @property
+    def doomed(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.delete)
+
+    @property
+    def halted(self) -> str | None:
+        """Why nothing in this directory may be deleted, if so."""
+        return self.progress.problem
+
+
+def read_progress(snapshot: Snapshot, policy: Policy) -> Progress:
+    """The effective loaded step: the minimum over consumers, or a reason to delete nothing."""
+    if not policy.gated:
+        return Progress(None, None, None)
+    if policy.progress == "receiver-ready":
+        progress = _receiver_ready_progress(snapshot)
+    else:
+        progress = _marker_progress(snapshot)
+    if progress.problem is None and progress.loaded_step is not None and snapshot.steps:
+        newest = max(e.number for e in snapshot.steps if e.number is not None)
+        if progress.loaded_step > newest:
+            return Progress(None, None, f"loaded step {progress.loaded_step} is beyond the newest "
+                            f"step {newest} (a marker left from another run?)")
+    return progress
+
+
+def _marker_progress(snapshot: Snapshot) -> Progress:
+    if not snapshot.consumers:
+        return Progress(None, None, "no LOADED_STEP marker")
+    bad = [c for c in snapshot.consumers if c.problem is not None]
+    if bad:
+        first = bad[0]
+        return Progress(None, None, f"{first.filename}: {first.problem}")
+    loaded = min(c.step for c in snapshot.consumers if c.step is not None)
+    marker_ns = min(c.mtime_ns for c in snapshot.consumers)
+    return Progress(loaded, marker_ns, None)
+
+
+def _receiver_ready_progress(snapshot: Snapshot) -> Progress:
+    ready = [e for e in snapshot.steps if e.receiver_ready_ns is not None]
+    if not ready:
+        return Progress(None, None, "no step holds a .receiver_ready sentinel")
+    newest = max(ready, key=lambda e: e.number or 0)
+    return Progress(newest.number, newest.receiver_ready_ns, None)
+
+
+def plan(snapshot: Snapshot, policy: Policy) -> Plan:
+    """Decide keep or delete, with the rule that decided, for every entry of the snapshot."""
+    progress = read_progress(snapshot, policy)
+    complete = sorted((e.number for e in snapshot.steps if e.complete and e.number is not None),
+                      reverse=True)
+    newest_complete = complete[0] if complete else None
+    kept_last = frozenset(complete[: policy.keep_last])
+    grace_ns = int(policy.partial_grace_s * 1e9)
+    decisions = tuple(
+        _decide(e, policy, progress, newest_complete, kept_last, snapshot.scanned_ns - grace_ns)
+        for e in snapshot.entries
+    )
+    return Plan(decisions, progress, newest_complete)
+
+
+def _decide(entry: Entry, policy: Policy, progress: Progress, newest_complete: int | None,
+            kept_last: frozenset[int], recent_ns: int) -> Decision:
+    reason = _keep_reason(entry, policy, progress, newest_complete, kept_last, recent_ns)
+    if reason is not None:
+        return Decision(entry, delete=False, reason=reason)
+    if entry.staging:
+        return Decision(entry, delete=True, reason=Reason.ABANDONED_STAGING)
+    if entry.complete:
+        return Decision(entry, delete=True, reason=Reason.SUPERSEDED)
+    return Decision(entry, delete=True, reason=Reason.ABANDONED_PARTIAL)
+
+
+def _keep_reason(entry: Entry, policy: Policy, progress: Progress, newest_complete: int | None,
+                 kept_last: frozenset[int], recent_ns: int) -> Reason | None:
+    number = entry.number
+    if entry.pinned:
+        return Reason.PINNED
+    if progress.problem is not None:
+        return Reason.NO_VALID_MARKER
+    if number is None:  # a staging directory: no step yet, only its age matters
+        return Reason.IN_PROGRESS if entry.changed_ns > recent_ns else None
+    if policy.interval_to_keep is not None and number % policy.interval_to_keep == 0:
+        return Reason.INTERVAL_MULTIPLE
+    if number == newest_complete:
+        return Reason.NEWEST_COMPLETE
+    if not entry.complete and (newest_complete is None or number > newest_complete
+                               or entry.changed_ns > recent_ns):
+        return Reason.IN_PROGRESS
+    if number in kept_last:
+        return Reason.KEEP_LAST
+    if policy.gated:
+        if progress.loaded_step is None or number >= progress.loaded_step:
+            return Reason.AT_OR_ABOVE_LOADED
+        # Equal timestamps cannot be ordered (filesystem clocks tick coarsely): keep.
+        if progress.marker_ns is None or entry.changed_ns >= progress.marker_ns:
+            return Reason.CHANGED_AFTER_MARKER
+    return None

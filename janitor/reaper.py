@@ -1,0 +1,267 @@
+"""Execute a plan: move doomed entries into the trash atomically, then reclaim the trash's bytes.
+
+A step is either whole or gone (invariant 7): deletion is one rename into `.janitor-trash/` on the
+same filesystem, fsynced, and only then is the trash emptied. Emptying is an fd-based walk that
+never follows a symlink and never crosses into another filesystem. Whatever a killed run left in the
+trash is reclaimed by the next one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from itertools import count
+
+from janitor import protocol
+from janitor.mounts import mount_points_under
+from janitor.scan import Entry
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Retry later, not failure: NFS silly-renamed `.nfsXXXX` files keep a directory busy or non-empty
+# until the client holding them open lets go.
+_RETRY_LATER = frozenset({errno.EBUSY, errno.ENOTEMPTY, errno.EEXIST})
+_sequence = count()
+
+
+class UnsafeTrashError(OSError):
+    """The trash path exists but is not a real directory on the managed filesystem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trashed:
+    """One entry moved into the trash (the step is gone from the managed directory)."""
+
+    entry: Entry
+    trash_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """One doomed entry left in place this pass, and why (it will be looked at again)."""
+
+    entry: Entry
+    why: str
+
+
+@dataclass(slots=True)
+class ReclaimStats:
+    bytes: int = 0
+    files: int = 0
+    directories: int = 0
+    # Trash entries that could not be finished this time (busy, permission, another mount).
+    pending: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, other: ReclaimStats) -> None:
+        self.bytes += other.bytes
+        self.files += other.files
+        self.directories += other.directories
+        self.pending.extend(other.pending)
+        self.problems.extend(other.problems)
+
+
+def freed_by(st: os.stat_result) -> int:
+    """Bytes of disk that removing this inode frees (a hard-linked file frees nothing yet)."""
+    if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+        return 0
+    return st.st_blocks * 512
+
+
+def open_trash(dir_fd: int, dev: int, *, create: bool) -> int | None:
+    """Open (creating if asked) the managed directory's trash; None if absent and not created."""
+    if create:
+        try:
+            os.mkdir(protocol.TRASH_DIR, 0o700, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(protocol.TRASH_DIR, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeTrashError(exc.errno, f"{protocol.TRASH_DIR} is not a real directory; "
+                              "move it away by hand") from None
+        raise
+    if os.fstat(fd).st_dev != dev:
+        os.close(fd)
+        raise UnsafeTrashError(errno.EXDEV, f"{protocol.TRASH_DIR} is on another filesystem "
+                          "(a mount point?); unmount or remove it by hand")
+    return fd
+
+
+def trash_name(entry: Entry) -> str:
+    """A unique trash name that never matches `step_*` and still says what it was."""
+    what = "staging" if entry.number is None else str(entry.number)
+    return f"{what}.{time.time_ns()}.{os.getpid()}.{next(_sequence)}"
+
+
+def move_to_trash(dir_fd: int, dir_path: str, trash_fd: int, entry: Entry,
+                  mounts: tuple[str, ...]) -> Trashed | Skipped:
+    """Rename one doomed entry into the trash if it is still exactly what the plan judged.
+
+    The entry must still be a real directory with the same inode, device and change time as when
+    it was scanned: a step rewritten, replaced or swapped for a symlink since then is left alone.
+    """
+    try:
+        st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return Skipped(entry, "already gone")
+    if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
+        return Skipped(entry, "replaced since the scan")
+    if max(st.st_mtime_ns, st.st_ctime_ns) > entry.changed_ns:
+        return Skipped(entry, "changed since the scan")
+    inside = mount_points_under(os.path.join(dir_path, entry.name), mounts)
+    if inside:
+        return Skipped(entry, f"holds a mount point ({protocol.printable(inside[0])}); "
+                       "unmount it first")
+    name = trash_name(entry)
+    try:
+        os.rename(entry.name, name, src_dir_fd=dir_fd, dst_dir_fd=trash_fd)
+    except FileNotFoundError:
+        return Skipped(entry, "already gone")
+    return Trashed(entry, name)
+
+
+def sync_directories(*fds: int) -> None:
+    """Make renames durable: fsync both directories a rename touched."""
+    for fd in fds:
+        os.fsync(fd)
+
+
+def trash_entries(trash_fd: int) -> list[str]:
+    with os.scandir(trash_fd) as listing:
+        return sorted(item.name for item in listing)
+
+
+def reclaim(trash_fd: int, names: list[str] | None = None) -> ReclaimStats:
+    """Remove trash entries (all of them by default), counting what was freed.
+
+    An entry that cannot be finished now (busy NFS files, permissions, a mount inside) stays in the
+    trash, listed in `pending`, and is tried again by the next reclaim.
+    """
+    dev = os.fstat(trash_fd).st_dev
+    stats = ReclaimStats()
+    for name in trash_entries(trash_fd) if names is None else names:
+        remove_entry(trash_fd, name, dev, stats)
+        if _exists(trash_fd, name):
+            stats.pending.append(protocol.printable(name))
+    return stats
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_entry(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> None:
+    """Remove `name` under `parent_fd` entirely, without following symlinks or leaving `dev`."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return  # already done (by an earlier, killed run)
+    if stat.S_ISDIR(st.st_mode):
+        _remove_tree(parent_fd, name, dev, stats)
+    else:
+        _unlink(parent_fd, name, st, stats)
+
+
+def _unlink(dir_fd: int, name: str, st: os.stat_result, stats: ReclaimStats) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        _note_failure(stats, name, exc)
+        return
+    stats.bytes += freed_by(st)
+    stats.files += 1
+
+
+def _note_failure(stats: ReclaimStats, name: str, exc: OSError) -> None:
+    # Busy or non-empty is expected and retried silently (the entry shows as pending); anything
+    # else is worth a line in the log.
+    if exc.errno not in _RETRY_LATER:
+        stats.problems.append(f"{protocol.printable(name)}: {exc.strerror}")
+
+
+@dataclass(slots=True)
+class _Frame:
+    fd: int
+    parent_fd: int
+    name: str
+    subdirs: list[str]
+
+
+def _remove_tree(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> None:
+    """Iterative fd-based rmtree: a stack of open directories, deepest last, no recursion."""
+    fd = _open_child_dir(parent_fd, name, dev, stats)
+    if fd is None:
+        return
+    stack = [_Frame(fd, parent_fd, name, _unlink_files(fd, dev, stats))]
+    while stack:
+        frame = stack[-1]
+        if frame.subdirs:
+            child = frame.subdirs.pop()
+            child_fd = _open_child_dir(frame.fd, child, dev, stats)
+            if child_fd is not None:
+                stack.append(_Frame(child_fd, frame.fd, child,
+                                    _unlink_files(child_fd, dev, stats)))
+            continue
+        stack.pop()
+        st = os.fstat(frame.fd)
+        os.close(frame.fd)
+        try:
+            os.rmdir(frame.name, dir_fd=frame.parent_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            _note_failure(stats, frame.name, exc)
+            continue
+        stats.bytes += freed_by(st)
+        stats.directories += 1
+
+
+def _open_child_dir(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> int | None:
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink or file: unlink it
+            _unlink(parent_fd, name, os.stat(name, dir_fd=parent_fd, follow_symlinks=False),
+                    stats)
+        else:
+            _note_failure(stats, name, exc)
+        return None
+    if os.fstat(fd).st_dev != dev:
+        os.close(fd)
+        stats.problems.append(f"{protocol.printable(name)}: a mount point, not crossed")
+        return None
+    return fd
+
+
+def _unlink_files(fd: int, dev: int, stats: ReclaimStats) -> list[str]:
+    """Unlink every non-directory in `fd`; return the subdirectories still to descend into."""
+    subdirs: list[str] = []
+    with os.scandir(fd) as listing:
+        items = list(listing)  # list first: unlinking while reading a directory may skip entries
+    for item in items:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            _unlink(fd, item.name, st, stats)
+        elif st.st_dev != dev:
+            stats.problems.append(f"{protocol.printable(item.name)}: a mount point, not crossed")
+        else:
+            subdirs.append(item.name)
+    return subdirs

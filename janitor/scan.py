@@ -1,0 +1,256 @@
+"""Read one managed directory into an immutable Snapshot, relative to an open directory fd.
+
+The scan never follows a symlink and never looks past the directory's own filesystem: an entry that
+is a symlink, not a directory, non-canonical or on another device is *foreign* and is reported,
+never touched. Every decision the janitor makes comes from a fresh Snapshot.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from janitor import protocol
+from janitor.protocol import Invalid
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """What counts as complete and pinned; which progress source to read."""
+
+    complete_markers: tuple[str, ...] = (protocol.DEFAULT_COMPLETE_MARKER,)
+    pin_file: str = protocol.PIN_FILE
+    # Also read per-step `.receiver_ready` sentinels (the handshake some trainers use instead of
+    # LOADED_STEP); costs one stat per step, so only when asked.
+    receiver_ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A step directory (number set) or a trainer_hooks staging directory (number None)."""
+
+    name: str
+    number: int | None
+    complete: bool
+    pinned: bool
+    # Newest mtime/ctime seen on the directory and its completion marker (plus its children for
+    # incomplete steps and staging dirs): a rewrite of the step moves this forward.
+    changed_ns: int
+    dev: int
+    ino: int
+    receiver_ready_ns: int | None = None
+
+    @property
+    def staging(self) -> bool:
+        return self.number is None
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """A `step_*`-looking entry the janitor will never touch, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """One consumer marker file: `LOADED_STEP` (name "") or `LOADED_STEP.<name>`."""
+
+    name: str
+    filename: str
+    step: int | None
+    problem: str | None
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything `policy.plan` needs about one managed directory at one moment."""
+
+    path: str
+    dev: int
+    scanned_ns: int
+    entries: tuple[Entry, ...]
+    foreign: tuple[Foreign, ...] = ()
+    consumers: tuple[Consumer, ...] = ()
+    trash_present: bool = False
+    steps: tuple[Entry, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(e for e in self.entries if not e.staging))
+
+
+def open_directory(path: str) -> int:
+    """Open `path` as a directory fd without following a final symlink."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def scan(dir_fd: int, path: str, options: ScanOptions) -> Snapshot:
+    """Read the managed directory open as `dir_fd` (its display path is `path`)."""
+    dev = os.fstat(dir_fd).st_dev
+    scanned_ns = time.time_ns()
+    entries: list[Entry] = []
+    foreign: list[Foreign] = []
+    consumers: list[Consumer] = []
+    trash_present = False
+    with os.scandir(dir_fd) as listing:
+        names = [item.name for item in listing]
+    for name in names:
+        if name == protocol.TRASH_DIR:
+            trash_present = True
+        elif protocol.looks_like_step(name):
+            _classify_step(dir_fd, dev, name, options, entries, foreign)
+        elif protocol.is_staging_name(name):
+            staged = _read_staging(dir_fd, dev, name)
+            if staged is not None:
+                entries.append(staged)
+        else:
+            consumer = protocol.consumer_of(name)
+            if isinstance(consumer, Invalid):
+                consumers.append(Consumer(name, name, None, consumer.reason, 0))
+            elif consumer is not None:
+                consumers.append(read_consumer(dir_fd, name, consumer))
+    entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name))
+    consumers.sort(key=lambda c: c.filename)
+    foreign.sort(key=lambda f: f.name)
+    return Snapshot(path, dev, scanned_ns, tuple(entries), tuple(foreign), tuple(consumers),
+                    trash_present)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions,
+                   entries: list[Entry], foreign: list[Foreign]) -> None:
+    number = protocol.parse_step_name(name)
+    if isinstance(number, Invalid):
+        foreign.append(Foreign(name, number.reason))
+        return
+    st = _lstat(dir_fd, name)
+    if st is None:
+        return  # vanished between listing and stat: nothing to decide about
+    if stat.S_ISLNK(st.st_mode):
+        foreign.append(Foreign(name, "a symlink (never followed)"))
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        foreign.append(Foreign(name, "not a directory"))
+        return
+    if st.st_dev != dev:
+        foreign.append(Foreign(name, "a mount point (another filesystem)"))
+        return
+    try:
+        entries.append(_read_step(dir_fd, name, number, st, options))
+    except PermissionError:
+        # Unsure what it holds (a pin? a marker?): never a candidate for deletion.
+        foreign.append(Foreign(name, "unreadable (permission denied)"))
+
+
+def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
+               options: ScanOptions) -> Entry:
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    complete = False
+    for marker in options.complete_markers:
+        mst = _lstat_inside(dir_fd, name, marker)
+        if mst is not None and stat.S_ISREG(mst.st_mode):
+            complete = True
+            changed = max(changed, mst.st_mtime_ns, mst.st_ctime_ns)
+    if not complete:
+        changed = max(changed, _newest_child_ns(dir_fd, name))
+    pinned = _lstat_inside(dir_fd, name, options.pin_file) is not None
+    ready_ns = None
+    if options.receiver_ready:
+        rst = _lstat_inside(dir_fd, name, protocol.RECEIVER_READY_MARKER)
+        if rst is not None and stat.S_ISREG(rst.st_mode):
+            ready_ns = rst.st_mtime_ns
+    return Entry(name, number, complete, pinned, changed, st.st_dev, st.st_ino, ready_ns)
+
+
+def _lstat_inside(dir_fd: int, name: str, child: str) -> os.stat_result | None:
+    try:
+        return os.stat(f"{name}/{child}", dir_fd=dir_fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _newest_child_ns(dir_fd: int, name: str) -> int:
+    """Newest mtime/ctime among a directory's direct children (a write in progress shows here)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0  # gone or swapped since the lstat: the rename-time check catches the swap
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return 0
+        raise
+    try:
+        with os.scandir(fd) as listing:
+            return _newest_in(listing)
+    finally:
+        os.close(fd)
+
+
+def _newest_in(listing: Iterable[os.DirEntry[str]]) -> int:
+    newest = 0
+    for item in listing:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    return newest
+
+
+def _read_staging(dir_fd: int, dev: int, name: str) -> Entry | None:
+    st = _lstat(dir_fd, name)
+    if st is None or not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+        return None  # not ours to sweep: only real staging directories on this filesystem
+    try:
+        changed = max(st.st_mtime_ns, st.st_ctime_ns, _newest_child_ns(dir_fd, name))
+    except PermissionError:
+        return None
+    return Entry(name, None, False, False, changed, st.st_dev, st.st_ino)
+
+
+def read_consumer(dir_fd: int, filename: str, consumer: str) -> Consumer:
+    """Read one consumer marker safely: no symlink, no FIFO blocking, regular files only."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(filename, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        return Consumer(consumer, filename, None, _open_problem(exc), 0)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return Consumer(consumer, filename, None, f"is {kind}", st.st_mtime_ns)
+        data = os.read(fd, protocol.MAX_MARKER_BYTES + 1)
+    except OSError as exc:
+        return Consumer(consumer, filename, None, f"unreadable ({exc.strerror})", 0)
+    finally:
+        os.close(fd)
+    value = protocol.parse_marker(data)
+    if isinstance(value, Invalid):
+        return Consumer(consumer, filename, None, value.reason, st.st_mtime_ns)
+    # mtime is when the value was written; ctime may be the later rename that published it. The
+    # earlier time is the conservative one for invariant 4 (a step changed after it is kept).
+    return Consumer(consumer, filename, value, None, st.st_mtime_ns)
+
+
+def _open_problem(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symlink (never followed)"
+    if exc.errno == errno.ENOENT:
+        return "vanished while reading"
+    if exc.errno == errno.EACCES:
+        return "unreadable (permission denied)"
+    return f"unreadable ({exc.strerror})"

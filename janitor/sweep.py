@@ -1,0 +1,115 @@
+"""`janitor sweep`: one pass over every managed directory under the given roots, then exit.
+
+Each directory is scanned, planned and (unless dry run) executed through the same ManagedDirectory
+the daemon uses; leftovers of a killed run are reclaimed first. Problems are one line each on
+stderr; the exit code says what happened (janitor.exitcodes).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from janitor import exitcodes, lock, reaper
+from janitor.managed import ManagedDirectory
+from janitor.paths import check_root, discover
+from janitor.policy import Policy
+from janitor.report import DirectoryReport
+from janitor.scan import ScanOptions
+from janitor.sizes import tree_size
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRequest:
+    roots: tuple[str, ...]
+    policy: Policy
+    options: ScanOptions
+    dry_run: bool
+    max_depth: int
+
+
+def sweep(request: SweepRequest, problem: Callable[[str], None],
+          on_directory: Callable[[DirectoryReport], None]) -> tuple[int, list[DirectoryReport]]:
+    """Sweep every root, reporting each directory when done; returns (exit code, reports)."""
+    codes: list[int] = []
+    reports: list[DirectoryReport] = []
+    for root in request.roots:
+        bad = check_root(root)
+        if bad is not None:
+            codes.append(bad[0])
+            problem(bad[1])
+            continue
+        managed = discover(root, request.max_depth).managed
+        if not managed:
+            problem(f"{root}: no step_* directory or LOADED_STEP marker within depth "
+                    f"{request.max_depth}; nothing to do")
+        for path in managed:
+            report = sweep_directory(path, request)
+            codes.append(_code(report, request.dry_run))
+            for line in _problems(report):
+                problem(line)
+            reports.append(report)
+            on_directory(report)
+    return exitcodes.worst(codes), reports
+
+
+def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
+    """One managed directory, start to finish; never raises for a problem a user can meet."""
+    report = DirectoryReport(path)
+    try:
+        with ManagedDirectory(path, dry_run=request.dry_run, policy=request.policy,
+                              options=request.options) as directory:
+            report.leftover = directory.reclaim()
+            result = directory.reconcile()
+            report.result = result
+            for trashed in result.trashed:
+                stats = directory.reclaim([trashed.trash_name])
+                report.sizes[trashed.entry.name] = stats.bytes
+                report.reclaimed.add(stats)
+            for entry in result.snapshot.entries:
+                if entry.name not in report.sizes:
+                    report.sizes[entry.name] = tree_size(directory.fd, entry.name)
+    except lock.LockHeldError as exc:
+        report.refused = str(exc)
+    except reaper.UnsafeTrashError as exc:
+        report.error = f"{path}: {exc.strerror}"
+    except OSError as exc:
+        report.error = f"{path}: {_os_error_line(exc)}"
+    else:
+        if result.plan.halted is not None:
+            report.refused = (f"{path}: {result.plan.halted}; deleting nothing here until the "
+                              "consumer writes a valid marker")
+    return report
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "read-only filesystem; nothing can be deleted here (use --dry-run to inspect)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ("permission denied writing here; run as a user who can write this directory, "
+                "or use --dry-run to inspect")
+    if exc.errno == errno.ENOSPC:
+        return "no space left to record the lock; free some space by hand first"
+    return f"{exc.strerror or exc}; nothing was deleted in this directory"
+
+
+def _problems(report: DirectoryReport) -> list[str]:
+    lines = [line for line in (report.error, report.refused) if line]
+    lines.extend(f"{report.path}: could not reclaim {p}" for p in
+                 report.reclaimed.problems + report.leftover.problems)
+    pending = report.reclaimed.pending + report.leftover.pending
+    if pending:
+        lines.append(f"{report.path}: {len(pending)} trash entries are busy (open files on NFS?);"
+                     " they will be retried on the next run")
+    return lines
+
+
+def _code(report: DirectoryReport, dry_run: bool) -> int:
+    if report.error or report.reclaimed.problems or report.leftover.problems:
+        return exitcodes.ERROR
+    if report.refused:
+        return exitcodes.REFUSED
+    if report.deleted_count(dry_run):
+        return exitcodes.DELETED
+    return exitcodes.NOTHING_TO_DO
