@@ -18,7 +18,10 @@ log = structlog.get_logger(__name__)
 
 
 class Notifier:
-    """Sends sd_notify messages; every method is a no-op when the service manager did not ask."""
+    """Sends sd_notify messages; every method is a no-op when the service manager did not ask.
+
+    Not thread-safe, on purpose: only the reconcile loop speaks for the daemon.
+    """
 
     def __init__(self, address: str | None, watchdog_interval_s: float | None) -> None:
         """`address` is NOTIFY_SOCKET as given ('@name' abstract or an absolute path), or None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -261,6 +262,27 @@ def test_requests_are_logged_at_debug_not_on_stderr(
         request(server, "/healthz")
     assert [(entry["event"], entry["log_level"]) for entry in logs] == [("http_request", "debug")]
     assert '"GET /healthz HTTP/1.1" 200' in logs[0]["line"]
+    assert capfd.readouterr().err == ""
+
+
+def test_a_failing_health_check_is_logged_not_printed(capfd: pytest.CaptureFixture[str]) -> None:
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("bug in health()")
+
+    srv = start_server(("127.0.0.1", 0), Metrics(), broken)
+    try:
+        with capture_logs() as logs:
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                request(srv, "/healthz")  # no answer at all: a probe counts that as a failure
+            # The server logs on its worker thread, possibly after the client saw the drop.
+            deadline = time.monotonic() + 5
+            while not any(e["event"] == "http_request_failed" for e in logs):
+                assert time.monotonic() < deadline, logs
+                time.sleep(0.005)  # polling a condition, not synchronising on a guess
+    finally:
+        srv.close()
+    failed = next(e for e in logs if e["event"] == "http_request_failed")
+    assert failed["log_level"] == "warning"
     assert capfd.readouterr().err == ""
 
 
