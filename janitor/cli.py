@@ -140,3 +140,84 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("janitor: interrupted", err=True)
         sys.exit(130)
     sys.exit(0)
+
+
+@cli.command()
+@click.argument("roots", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="ROOT...")
+@policy_options
+@click.option("--watch", type=click.Choice(["auto", "inotify", "poll"]), default="auto",
+              show_default=True, envvar="JANITOR_WATCH", show_envvar=True,
+              help="auto polls network and FUSE filesystems (inotify cannot see other hosts' "
+                   "writes there) and uses inotify elsewhere.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+              envvar="JANITOR_POLL_INTERVAL", show_envvar=True, metavar="SECONDS",
+              help="How often polled directories are checked for changes.")
+@click.option("--rescan-interval", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, envvar="JANITOR_RESCAN_INTERVAL", show_envvar=True,
+              metavar="SECONDS", help="Every directory is reconciled at least this often.")
+@click.option("--metrics-addr", default=None, envvar="JANITOR_METRICS_ADDR", show_envvar=True,
+              metavar="[HOST:]PORT",
+              help="Serve /metrics and /healthz here (host defaults to 127.0.0.1). Off if unset.")
+@click.option("--once", is_flag=True, envvar="JANITOR_ONCE", show_envvar=True,
+              help="One full pass (and reclaim), then exit.")
+@click.option("--exit-with-pid", type=int, default=None, envvar="JANITOR_EXIT_WITH_PID",
+              show_envvar=True, metavar="PID",
+              help="After this process exits, do a final pass and exit.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
+              show_default=True, envvar="JANITOR_LOG_FORMAT", show_envvar=True,
+              help="auto: JSON lines unless stderr is a terminal.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, envvar="JANITOR_LOG_LEVEL", show_envvar=True)
+def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interval: float,
+        metrics_addr: str | None, once: bool, exit_with_pid: int | None, log_format: str,
+        log_level: str, **kwargs: Any) -> None:
+    """Watch ROOT and keep every managed directory below it reconciled until stopped.
+
+    Stops on SIGTERM or SIGINT with exit 0. Exit 2 usage, 4 refused (another janitor holds a
+    directory), 5 error (the watcher died and could not be restarted).
+    """
+    from janitor.daemon import Daemon, DaemonConfig, StartupError
+    from janitor.health_http import parse_addr
+    from janitor.logs import configure_logging
+
+    dry_run = bool(kwargs.pop("dry_run"))
+    max_depth = int(kwargs.pop("max_depth"))
+    policy, options = build_policy(kwargs)
+    try:
+        addr = parse_addr(metrics_addr) if metrics_addr else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    configure_logging(log_format, log_level)  # type: ignore[arg-type]
+    config = DaemonConfig(roots=tuple(roots), policy=policy, options=options, dry_run=dry_run,
+                          max_depth=max_depth, watch=watch,  # type: ignore[arg-type]
+                          poll_interval_s=poll_interval, rescan_interval_s=rescan_interval,
+                          metrics_addr=addr, once=once, exit_with_pid=exit_with_pid)
+    try:
+        code = Daemon(config).run()
+    except StartupError as exc:
+        _problem_line(str(exc))
+        code = exc.code
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("roots", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="ROOT...")
+@policy_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
+    """Show each managed directory: consumers, lag, what the policy would do, trash, lock holder.
+
+    Read-only (the same as a dry run). Exit 0, or 2 when a root is unusable.
+    """
+    from janitor.status import collect, render
+
+    kwargs.pop("dry_run")
+    max_depth = int(kwargs.pop("max_depth"))
+    policy, options = build_policy(kwargs)
+    code, reports = collect(tuple(roots), policy, options, max_depth, _problem_line)
+    if as_json:
+        click.echo(json.dumps({"directories": reports}, indent=2))
+    else:
+        for line in render(reports):
+            click.echo(line)
+    sys.exit(code)

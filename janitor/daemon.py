@@ -1,0 +1,519 @@
+"""`janitor run`: keep every managed directory under the roots reconciled until stopped.
+
+Level-triggered: a filesystem event, a poll that saw a change, the rescan timer, an inotify
+overflow or a replaced root only marks directories dirty; every decision then comes from a fresh
+scan and a fresh marker read. So lost, coalesced or never-sent events cost latency, never safety.
+The loop is single-threaded: watchdog threads and signals only wake it through a pipe. Renames into
+trash happen here; reclaiming bytes happens on the Reclaimer thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import psutil
+import structlog
+
+from janitor import exitcodes, lock, mounts, protocol, reaper
+from janitor.health_http import HealthServer, Liveness, start_server
+from janitor.managed import ManagedDirectory, PassResult
+from janitor.metrics import Metrics
+from janitor.notify import Notifier
+from janitor.paths import check_root, discover
+from janitor.policy import Policy
+from janitor.reclaimer import Item, Reclaimer
+from janitor.scan import ScanOptions
+from janitor.watch import InotifyWatcher, Signature, signature
+
+log = structlog.get_logger("janitor")
+
+WatchMode = Literal["auto", "inotify", "poll"]
+HANG_SWITCH_ENV = "JANITOR_TEST_HANG_FILE"  # test-only: a hung loop, to prove the watchdog works
+
+
+class StartupError(Exception):
+    """The daemon cannot start; `code` is the exit code, the message one line."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    roots: tuple[str, ...]
+    policy: Policy
+    options: ScanOptions
+    dry_run: bool = False
+    max_depth: int = 3
+    watch: WatchMode = "auto"
+    poll_interval_s: float = 2.0
+    rescan_interval_s: float = 30.0
+    metrics_addr: tuple[str, int] | None = None
+    once: bool = False
+    exit_with_pid: int | None = None
+
+
+@dataclass(slots=True)
+class _Dir:
+    """A managed directory the daemon holds, and what it last saw there."""
+
+    managed: ManagedDirectory
+    mode: Literal["inotify", "poll"]
+    markers: tuple[str, ...] = ()
+    signature: Signature | None = None
+    lag: int | None = None
+    said: set[str] = field(default_factory=set)  # one-time messages already logged
+
+
+class Daemon:
+    """The reconcile loop and everything it owns (watcher, reclaimer, HTTP, notifier)."""
+
+    def __init__(self, config: DaemonConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.metrics = Metrics()
+        self.liveness = Liveness(config.rescan_interval_s, time.monotonic())
+        self.dirs: dict[str, _Dir] = {}
+        self.visited: set[str] = set()
+        self.root_ids: dict[str, tuple[int, int] | None] = {}
+        self._dirty: set[str] = set()
+        self._rediscover = False
+        self._overflowed = False
+        self._dirty_lock = threading.Lock()
+        self._stop_signal: int | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._watcher: InotifyWatcher | None = None
+        self._http: HealthServer | None = None
+        self._pid_watch: psutil.Process | None = None
+        self._deleted_steps = 0
+        self._last_pass_ms = 0.0
+        self.reclaimer = Reclaimer(self._on_deleted,
+                                   self.metrics.set_trash_pending_bytes
+                                   if config.metrics_addr else None)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code. Raises StartupError before READY."""
+        self._check_start()
+        self._install_signals()
+        try:
+            self._start_http()
+            self._discover(at_start=True)
+            if not self.config.once:
+                self._arm_watches()
+            self._reclaim_leftovers()
+            self._full_pass()
+            if self.config.once:
+                self._finish("once")
+                return exitcodes.EXIT_OK
+            self.notifier.ready(self._status_text())
+            log.info("ready", directories=len(self.dirs), watches=self._watch_count(),
+                     dry_run=self.config.dry_run, policy=self.config.policy.describe())
+            return self._loop()
+        finally:
+            self._shutdown()
+
+    def _check_start(self) -> None:
+        for root in self.config.roots:
+            bad = check_root(root)
+            if bad is not None:
+                raise StartupError(*bad)
+        if self.config.exit_with_pid is not None:
+            try:
+                self._pid_watch = psutil.Process(self.config.exit_with_pid)
+            except psutil.Error:
+                raise StartupError(exitcodes.USAGE, f"--exit-with-pid {self.config.exit_with_pid}:"
+                                   " no such process; give the trainer's pid") from None
+
+    def _install_signals(self) -> None:
+        # Explicit handlers: as PID 1 in a container, Python would otherwise ignore SIGTERM.
+        def stop(signum: int, _frame: object) -> None:
+            self._stop_signal = signum
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _start_http(self) -> None:
+        if self.config.metrics_addr is None:
+            return
+        try:
+            self._http = start_server(self.config.metrics_addr, self.metrics,
+                                      lambda: self.liveness.check(time.monotonic()))
+        except OSError as exc:
+            raise StartupError(exitcodes.ERROR, f"{exc}; choose another --metrics-addr") from None
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        if self._watcher is not None:
+            self._watcher.close()
+        if self._http is not None:
+            self._http.close()
+        for state in self.dirs.values():
+            state.managed.close()
+        self.dirs.clear()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.notifier.close()
+
+    def _finish(self, why: str) -> None:
+        """A last pass and the reclaim of everything queued, then stop (--once, --exit-with-pid)."""
+        self._full_pass()
+        drained = self.reclaimer.drain(timeout_s=3600.0)
+        log.info("finished", why=why, deleted_steps=self._deleted_steps, reclaim_done=drained)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> int:
+        now = time.monotonic()
+        next_rescan = now + self.config.rescan_interval_s
+        next_poll = now + self.config.poll_interval_s
+        while not self._stopping():
+            self._hang_if_asked()
+            timeout = min(next_rescan, next_poll, now + self._heartbeat_s()) - time.monotonic()
+            self._wait(max(0.0, timeout))
+            if self._stopping():
+                break
+            now = time.monotonic()
+            if self._pid_watch is not None and not self._pid_watch.is_running():
+                self._finish(f"process {self.config.exit_with_pid} exited")
+                return exitcodes.EXIT_OK
+            if now >= next_rescan:
+                next_rescan = now + self.config.rescan_interval_s
+                self._rescan()
+            if now >= next_poll:
+                next_poll = now + self.config.poll_interval_s
+                self._poll()
+            self._check_roots()
+            self._check_watcher()
+            self._reconcile_dirty()
+            self._heartbeat()
+        self.notifier.stopping()
+        log.info("stopping", signal=signal.Signals(self._stop_signal or 0).name)
+        return exitcodes.EXIT_OK
+
+    def _stopping(self) -> bool:
+        return self._stop_signal is not None
+
+    def _heartbeat_s(self) -> float:
+        """How long the loop may sleep: it feeds the watchdog and watches --exit-with-pid."""
+        interval = self.notifier.watchdog_interval_s or 5.0
+        if self._pid_watch is not None:
+            interval = min(interval, 0.5)
+        return interval
+
+    def _wait(self, timeout: float) -> None:
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe already means "wake up"
+            os.write(self._wake_w, b"\0")
+
+    def _hang_if_asked(self) -> None:
+        switch = os.environ.get(HANG_SWITCH_ENV)
+        if switch and os.path.exists(switch):
+            log.warning("hanging_on_purpose", switch=switch)
+            while True:  # a test-only fault: the loop stops, so the watchdog must notice
+                time.sleep(3600)
+
+    def _heartbeat(self) -> None:
+        """After a successful loop pass: tell systemd we are alive and what we are doing."""
+        if self.notifier.maybe_watchdog(time.monotonic()):
+            self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        return (f"{len(self.dirs)} directories, {self._deleted_steps} steps deleted, "
+                f"last pass {self._last_pass_ms:.1f} ms"
+                + (" (dry run)" if self.config.dry_run else ""))
+
+    # ---- what makes a directory dirty ----------------------------------------------------
+
+    def _on_dirty(self, path: str) -> None:
+        """Called on watchdog threads: record and wake, nothing else."""
+        with self._dirty_lock:
+            if path in self.dirs:
+                self._dirty.add(path)
+            else:
+                self._rediscover = True
+        self._wake()
+
+    def _on_overflow(self) -> None:
+        with self._dirty_lock:
+            self._overflowed = True
+        self._wake()
+
+    def _take_dirty(self) -> tuple[set[str], bool, bool]:
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+            rediscover, self._rediscover = self._rediscover, False
+            overflowed, self._overflowed = self._overflowed, False
+        return dirty, rediscover, overflowed
+
+    def _poll(self) -> None:
+        for path, state in self.dirs.items():
+            if state.mode != "poll":
+                continue
+            now_sig = signature(path, state.markers)
+            if now_sig != state.signature:
+                with self._dirty_lock:
+                    self._dirty.add(path)
+
+    def _rescan(self) -> None:
+        """The timer: rediscover, retry leftover trash, and reconcile every directory."""
+        self._discover(at_start=False)
+        self._arm_watches()
+        self._reclaim_leftovers()
+        with self._dirty_lock:
+            self._dirty.update(self.dirs)
+
+    def _check_roots(self) -> None:
+        """A root replaced or unmounted (device or inode changed): start over below it."""
+        for root, known in self.root_ids.items():
+            if _identity(root) != known:
+                log.warning("root_changed", root=root)
+                self._discover(at_start=False)
+                self._arm_watches()
+                with self._dirty_lock:
+                    self._dirty.update(self.dirs)
+                return
+
+    def _check_watcher(self) -> None:
+        if self._watcher is None:
+            return
+        dead = self._watcher.dead()
+        if dead is None:
+            return
+        log.error("watcher_died", why=dead, action="re-arming")
+        self.liveness.observer_died(dead)
+        self._watcher.rearm()
+        still = self._watcher.dead()
+        if still is not None:
+            raise SystemExit(_fatal(f"the file watcher died and could not be restarted ({still})"))
+        self.liveness.observer_recovered()
+        with self._dirty_lock:
+            self._dirty.update(self.dirs)
+
+    # ---- discovery and watches -----------------------------------------------------------
+
+    def _discover(self, *, at_start: bool) -> None:
+        found: list[str] = []
+        visited: set[str] = set()
+        for root in self.config.roots:
+            self.root_ids[root] = _identity(root)
+            discovery = discover(root, self.config.max_depth)
+            found.extend(discovery.managed)
+            visited.update(discovery.visited)
+        self.visited = visited
+        for path in [p for p, s in self.dirs.items() if p not in found
+                     or not s.managed.still_same()]:
+            log.info("directory_released", directory=path, why="gone or replaced")
+            self.dirs.pop(path).managed.close()
+        table = mounts.mount_table()
+        for path in found:
+            if path not in self.dirs:
+                self._adopt(path, table, at_start)
+
+    def _adopt(self, path: str, table: tuple[tuple[str, str], ...], at_start: bool) -> None:
+        config = self.config
+        try:
+            managed = ManagedDirectory(path, dry_run=config.dry_run, policy=config.policy,
+                                       options=config.options)
+        except lock.LockHeldError as exc:
+            if at_start:
+                raise StartupError(exitcodes.REFUSED, str(exc)) from None
+            log.error("directory_locked", directory=path, holder=exc.holder)
+            return
+        except OSError as exc:
+            log.error("directory_unmanageable", directory=path, error=_os_error(exc),
+                      action="retrying at the next rescan")
+            self.metrics.error("open")
+            return
+        mode: Literal["inotify", "poll"] = "inotify"
+        remote = mounts.is_network_fs(mounts.filesystem_type(path, table))
+        if config.watch == "poll" or (config.watch == "auto" and remote):
+            mode = "poll"
+        self.dirs[path] = _Dir(managed, mode)
+        log.info("directory_adopted", directory=path, watch=mode)
+
+    def _arm_watches(self) -> None:
+        wanted = {p for p in self.visited if self.config.watch != "poll"}
+        wanted = {p for p in wanted if self.dirs.get(p) is None or self.dirs[p].mode == "inotify"}
+        if not wanted and self._watcher is None:
+            self._publish_watching()
+            return
+        if self._watcher is None:
+            self._watcher = InotifyWatcher(self._on_dirty, self._on_overflow)
+        failed = self._watcher.watch(wanted)
+        for line in failed:
+            log.warning("watch_failed", detail=line, action="polling this directory instead")
+        for path, state in self.dirs.items():
+            if any(line.startswith(protocol.printable(path) + ":") for line in failed):
+                state.mode = "poll"
+        self._publish_watching()
+
+    def _publish_watching(self) -> None:
+        modes = {"inotify": 0, "poll": 0}
+        for state in self.dirs.values():
+            modes[state.mode] += 1
+        self.metrics.set_watching(modes, self._watch_count())
+
+    def _watch_count(self) -> int:
+        return self._watcher.count if self._watcher is not None else 0
+
+    # ---- reconcile -------------------------------------------------------------------------
+
+    def _full_pass(self) -> None:
+        with self._dirty_lock:
+            self._dirty.update(self.dirs)
+        self._reconcile_dirty()
+        self._heartbeat()
+
+    def _reconcile_dirty(self) -> None:
+        dirty, rediscover, overflowed = self._take_dirty()
+        if overflowed:
+            log.warning("inotify_overflow", action="rescanning every directory")
+            self.metrics.inotify_overflow()
+            rediscover = True
+            dirty.update(self.dirs)
+        if rediscover:
+            self._discover(at_start=False)
+            self._arm_watches()
+            dirty.update(p for p in self.dirs if p not in dirty)
+        if not dirty:
+            return
+        started = time.monotonic()
+        for path in sorted(dirty):
+            state = self.dirs.get(path)
+            if state is not None:
+                self._reconcile(path, state)
+        finished = time.monotonic()
+        self._last_pass_ms = (finished - started) * 1000
+        self.metrics.reconcile_finished(finished - started, time.time())
+        self.metrics.set_directory_lags(s.lag for s in self.dirs.values())
+        self.metrics.set_filesystem_free_bytes(_free_bytes(self.dirs))
+        self.liveness.pass_finished(finished)
+
+    def _reconcile(self, path: str, state: _Dir) -> None:
+        managed = state.managed
+        if state.mode == "poll":
+            state.signature = signature(path, state.markers)
+        if not managed.still_same():
+            with self._dirty_lock:
+                self._rediscover = True
+            return
+        try:
+            result = managed.reconcile()
+        except OSError as exc:
+            log.error("reconcile_failed", directory=path, error=_os_error(exc))
+            self.metrics.error("reconcile")
+            return
+        state.markers = tuple(c.filename for c in result.snapshot.consumers)
+        if state.mode == "poll":  # markers may be new: the signature must cover them
+            state.signature = signature(path, state.markers)
+        self._record(path, state, result)
+        if result.trashed:
+            trash_fd = managed.trash_fd(create=False)
+            assert trash_fd is not None
+            items = [Item(t.trash_name, t.entry.number, _reason(result, t)) for t in result.trashed]
+            self.reclaimer.submit(path, trash_fd, items)
+
+    def _record(self, path: str, state: _Dir, result: PassResult) -> None:
+        """Logs and metrics for one pass: each fact once, not on every pass."""
+        plan = result.plan
+        newest = plan.newest_complete
+        loaded = plan.progress.loaded_step
+        state.lag = None if loaded is None or newest is None else max(0, newest - loaded)
+        if plan.halted is not None:
+            self.metrics.refused("no_valid_marker")
+            _say_once(state, f"halt:{plan.halted}", "deleting_nothing", directory=path,
+                      why=plan.halted)
+        for foreign in result.snapshot.foreign:
+            _say_once(state, f"foreign:{foreign.name}", "foreign_entry", directory=path,
+                      entry=protocol.printable(foreign.name), why=foreign.reason)
+        for skipped in result.skipped:
+            log.info("deletion_postponed", directory=path, step=skipped.entry.number,
+                     entry=protocol.printable(skipped.entry.name), why=skipped.why)
+        for trashed in result.trashed:
+            self.metrics.deleted(_reason(result, trashed))
+        if self.config.dry_run:
+            for decision in plan.doomed:
+                _say_once(state, f"would:{decision.entry.name}", "would_delete", directory=path,
+                          step=decision.entry.number, reason=decision.reason.value)
+
+    def _reclaim_leftovers(self) -> None:
+        if self.config.dry_run:
+            return
+        for path, state in self.dirs.items():
+            trash_fd = _open_trash_quietly(state.managed)
+            if trash_fd is not None and reaper.trash_entries(trash_fd):
+                self.reclaimer.submit(path, trash_fd, None)
+
+    def _on_deleted(self, directory: str, item: Item, stats: reaper.ReclaimStats) -> None:
+        """Called on the reclaim thread once a trashed step's bytes are freed."""
+        self._deleted_steps += 1
+        self.metrics.reclaimed(stats.bytes, stats.files)
+        log.info("deleted", directory=directory, step=item.step, reason=item.reason,
+                 bytes=stats.bytes, files=stats.files)
+
+
+def _reason(result: PassResult, trashed: reaper.Trashed) -> str:
+    for decision in result.plan.doomed:
+        if decision.entry is trashed.entry:
+            return decision.reason.value
+    return "unknown"
+
+
+def _say_once(state: _Dir, key: str, event: str, **fields: object) -> None:
+    if key not in state.said:
+        state.said.add(key)
+        log.warning(event, **fields)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _free_bytes(dirs: dict[str, _Dir]) -> Iterable[int]:
+    for path in dirs:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(path)
+            yield st.f_bavail * st.f_frsize
+
+
+def _open_trash_quietly(managed: ManagedDirectory) -> int | None:
+    try:
+        return managed.trash_fd(create=False)
+    except OSError as exc:
+        log.error("trash_unusable", directory=managed.path, error=str(exc))
+        return None
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "read-only filesystem"
+    return exc.strerror or str(exc)
+
+
+def _fatal(message: str) -> int:
+    log.critical("fatal", why=message)
+    return exitcodes.ERROR

@@ -1,0 +1,110 @@
+"""`janitor status`: what an operator needs to know about each managed directory, read-only."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from janitor import exitcodes, lock, protocol, reaper
+from janitor.managed import ManagedDirectory
+from janitor.paths import check_root, discover
+from janitor.policy import Policy
+from janitor.report import human_bytes
+from janitor.scan import ScanOptions
+from janitor.sizes import tree_size
+
+
+def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_depth: int,
+            problem: Callable[[str], None]) -> tuple[int, list[dict[str, object]]]:
+    """One plain-data report per managed directory under `roots`; the daemon's lock is not taken."""
+    code = exitcodes.NOTHING_TO_DO
+    reports: list[dict[str, object]] = []
+    for root in roots:
+        bad = check_root(root)
+        if bad is not None and bad[0] != exitcodes.REFUSED:
+            problem(bad[1])
+            code = bad[0]
+            continue
+        for path in discover(root, max_depth).managed:
+            try:
+                reports.append(_directory(path, policy, options))
+            except OSError as exc:
+                problem(f"{path}: {exc.strerror or exc}")
+                code = exitcodes.ERROR
+    return code, reports
+
+
+def _directory(path: str, policy: Policy, options: ScanOptions) -> dict[str, object]:
+    with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
+        snapshot, plan = directory.look()
+        now = time.time_ns()
+        by_decision: dict[str, dict[str, int]] = {}
+        for decision in plan.decisions:
+            key = f"{decision.action}:{decision.reason.value}"
+            bucket = by_decision.setdefault(key, {"count": 0, "bytes": 0})
+            bucket["count"] += 1
+            bucket["bytes"] += tree_size(directory.fd, decision.entry.name)
+        held, holder = lock.inspect(directory.fd)
+        trash = _trash(directory)
+        vfs = os.statvfs(directory.fd)
+    newest = plan.newest_complete
+    loaded = plan.progress.loaded_step
+    return {
+        "path": path,
+        "consumers": [{"file": c.filename, "step": c.step, "problem": c.problem,
+                       "age_s": round((now - c.mtime_ns) / 1e9, 1) if c.mtime_ns else None}
+                      for c in snapshot.consumers],
+        "loaded_step": loaded,
+        "progress_problem": plan.progress.problem,
+        "newest_complete": newest,
+        "lag_steps": None if loaded is None or newest is None else max(0, newest - loaded),
+        "decisions": by_decision,
+        "foreign": len(snapshot.foreign),
+        "trash_entries": trash[0],
+        "trash_bytes": trash[1],
+        "free_bytes": vfs.f_bavail * vfs.f_frsize,
+        "daemon": {"running": held, **(holder or {})} if holder or held else {"running": False},
+    }
+
+
+def _trash(directory: ManagedDirectory) -> tuple[int, int]:
+    trash_fd = reaper.open_trash(directory.fd, directory.dev, create=False)
+    if trash_fd is None:
+        return 0, 0
+    try:
+        names = reaper.trash_entries(trash_fd)
+        return len(names), sum(tree_size(trash_fd, name) for name in names)
+    finally:
+        os.close(trash_fd)
+
+
+def render(reports: list[dict[str, object]]) -> list[str]:
+    """Readable lines for people; the JSON form carries the same facts."""
+    lines: list[str] = []
+    for report in reports:
+        lines.append(f"{report['path']}")
+        daemon = report["daemon"]
+        assert isinstance(daemon, dict)
+        if daemon.get("running"):
+            lines.append(f"  daemon:    running, {lock.describe_holder(daemon)}")
+        else:
+            lines.append("  daemon:    none holds the lock")
+        consumers = report["consumers"]
+        assert isinstance(consumers, list)
+        for c in consumers:
+            value = c["step"] if c["problem"] is None else f"INVALID ({c['problem']})"
+            lines.append(f"  consumer:  {protocol.printable(c['file'])} = {value}, "
+                         f"written {c['age_s']} s ago")
+        if report["progress_problem"]:
+            lines.append(f"  progress:  deleting nothing: {report['progress_problem']}")
+        lines.append(f"  steps:     newest complete {report['newest_complete']}, "
+                     f"loaded {report['loaded_step']}, lag {report['lag_steps']} steps")
+        decisions = report["decisions"]
+        assert isinstance(decisions, dict)
+        for key, bucket in sorted(decisions.items()):
+            lines.append(f"  {key:<32} {bucket['count']:>6} steps  {human_bytes(bucket['bytes'])}")
+        lines.append(f"  trash:     {report['trash_entries']} entries, "
+                     f"{human_bytes(int(str(report['trash_bytes'])))} pending")
+        lines.append(f"  free:      {human_bytes(int(str(report['free_bytes'])))}")
+    return lines

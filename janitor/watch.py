@@ -1,0 +1,217 @@
+"""Turn filesystem events into "look at this directory again soon", and nothing more.
+
+Inotify mode uses watchdog's inotify observer, one non-recursive watch per directory (the roots,
+the directories on the way down, the managed directories), so watches grow with streams, never with
+shard files. Two adjustments to watchdog, both at its documented extension points (emitter class,
+watch group): an unpaired IN_MOVED_FROM (a step renamed into the trash, which is not watched) must
+not hold back later events for the move grouper's 0.5 s, and a kernel queue overflow must reach us
+(every directory is then rescanned). Handlers only record which directory is dirty and wake the
+loop; an exception in a watchdog handler would kill its thread silently, so they catch everything.
+
+Poll mode, for network filesystems where inotify cannot see other hosts' writes, is the daemon's
+own cheap stat of each managed directory and its markers (see `Signature`), not watchdog's
+PollingObserver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+from janitor import protocol
+
+log = structlog.get_logger("janitor.watch")
+
+# Atomic publishes arrive as renames (moved events); in-place marker writes as modify/close.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileDeletedEvent,
+    FileMovedEvent, FileModifiedEvent, FileClosedEvent,
+]
+
+OnDirty = Callable[[str], None]
+
+
+class _ImmediateGrouper(InotifyMoveEventGrouper):
+    """Pass every event on at once: we only mark directories dirty, so we need no move pairs."""
+
+    delay = 0.0
+
+
+class _WatchGroup(InotifyWatchGroup):
+    """A watch group that hands events on without delay and reports queue overflows."""
+
+    on_overflow: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._move_event_grouper = _ImmediateGrouper()
+        super().__post_init__()
+
+    def on_queue_overflow(self) -> None:
+        super().on_queue_overflow()
+        callback = type(self).on_overflow
+        if callback is not None:
+            callback()
+
+
+class _Emitter(InotifyEmitter):
+    group_class: type[_WatchGroup] = _WatchGroup
+
+    def on_thread_start(self) -> None:
+        self._inotify = self.group_class(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=False,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=False,
+        )
+
+
+class _Observer(InotifyObserver):
+    """watchdog's InotifyObserver (its own inotify instance) with our emitter class."""
+
+    def __init__(self, emitter_class: type[_Emitter], timeout: float) -> None:
+        self._inotify_fd = InotifyFD()
+        self._inotify_fd.daemon = True
+        self._inotify_fd.start()
+        BaseObserver.__init__(self, emitter_class, timeout=timeout, inotify_fd=self._inotify_fd)
+
+    def reader_alive(self) -> bool:
+        return bool(self._inotify_fd.is_alive())
+
+
+class _DirHandler(FileSystemEventHandler):
+    def __init__(self, directory: str, on_dirty: OnDirty) -> None:
+        self.directory = directory
+        self.on_dirty = on_dirty
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self.on_dirty(self.directory)
+        except Exception:  # a raise here would silently kill watchdog's dispatch thread
+            log.exception("watch_handler_failed", directory=self.directory)
+
+
+class InotifyWatcher:
+    """Keeps exactly one non-recursive inotify watch on each directory it is given."""
+
+    def __init__(self, on_dirty: OnDirty, on_overflow: Callable[[], None]) -> None:
+        self._on_dirty = on_dirty
+        group = type("_Group", (_WatchGroup,), {"on_overflow": staticmethod(on_overflow)})
+        self._emitter_class = type("_BoundEmitter", (_Emitter,), {"group_class": group})
+        self._observer = self._new_observer()
+        self._watches: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _new_observer(self) -> _Observer:
+        observer = _Observer(self._emitter_class, timeout=0.5)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    @property
+    def count(self) -> int:
+        return len(self._watches)
+
+    def watch(self, directories: Iterable[str]) -> list[str]:
+        """Watch exactly `directories` from now on; returns those that could not be watched."""
+        wanted = set(directories)
+        failed: list[str] = []
+        with self._lock:
+            for path in set(self._watches) - wanted:
+                self._unschedule(path)
+            for path in sorted(wanted - set(self._watches)):
+                try:
+                    self._watches[path] = self._observer.schedule(
+                        _DirHandler(path, self._on_dirty), path, recursive=False,
+                        event_filter=EVENT_FILTER)
+                except OSError as exc:
+                    failed.append(f"{protocol.printable(path)}: {exc.strerror or exc}")
+        return failed
+
+    def _unschedule(self, path: str) -> None:
+        watch = self._watches.pop(path)
+        # KeyError/OSError: the directory is gone and the kernel dropped the watch already.
+        with contextlib.suppress(KeyError, OSError):
+            self._observer.unschedule(watch)
+
+    def dead(self) -> str | None:
+        """Why watching stopped working (observer or an emitter thread died), or None."""
+        if not self._observer.is_alive():
+            return "inotify observer thread died"
+        if not self._observer.reader_alive():
+            return "inotify reader thread died"
+        for emitter in list(self._observer.emitters):
+            if not emitter.is_alive():
+                return f"inotify emitter for {protocol.printable(emitter.watch.path)} died"
+        return None
+
+    def rearm(self) -> None:
+        """Start over with a fresh observer watching the same directories."""
+        with self._lock:
+            paths = list(self._watches)
+            self._stop_observer()
+            self._watches.clear()
+            self._observer = self._new_observer()
+        self.watch(paths)
+
+    def _stop_observer(self) -> None:
+        try:
+            self._observer.stop()
+            self._observer.join(timeout=1.0)
+        except Exception:  # a broken observer must not stop us replacing it
+            log.warning("observer_stop_failed", exc_info=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_observer()
+            self._watches.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What polling compares: the directory's own times plus each consumer marker's stat.
+
+    A step created, renamed or removed changes the directory's mtime; a marker rewritten in place
+    changes only the marker's, so markers are statted by name (names from the last scan).
+    """
+
+    directory: tuple[int, int, int]
+    markers: tuple[tuple[str, int, int], ...]
+
+
+def signature(path: str, marker_names: Iterable[str]) -> Signature | None:
+    """Stat `path` and its markers without listing it (cheap even with 100,000 steps)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    markers = []
+    for name in sorted(marker_names):
+        try:
+            mst = os.stat(os.path.join(path, name), follow_symlinks=False)
+            markers.append((name, mst.st_mtime_ns, mst.st_size))
+        except OSError:
+            markers.append((name, -1, -1))
+    return Signature((st.st_ino, st.st_mtime_ns, st.st_ctime_ns), tuple(markers))
