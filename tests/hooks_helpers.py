@@ -56,11 +56,11 @@ def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
     return proc.stdout.readline()
 
 
-def spawn_writer(directory: Path, seed: int, *, mode: str = "staged", die_at_op: int = 0,
+def spawn_writer(directory: Path, seed: int, *, mode: str = "staged", die_at: str = "",
                  steps: int = 0, max_step: int = 3, files: int = 40) -> subprocess.Popen[bytes]:
     """Start the child writer on `directory`; it prints 'ready' once it starts writing."""
     args = [sys.executable, str(HERE / "hooks_helpers.py"), str(directory), "--seed", str(seed),
-            "--mode", mode, "--die-at-op", str(die_at_op), "--steps", str(steps),
+            "--mode", mode, "--die-at", die_at, "--steps", str(steps),
             "--max-step", str(max_step), "--files", str(files)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, env=child_env(), cwd=REPO)
 
@@ -104,7 +104,7 @@ def check_staged_step(step_dir: Path, marker: str) -> list[str]:
 
 def check_torch_step(step_dir: Path, marker: str) -> list[str]:
     """Problems with one visible step written by the child in 'torch' mode (empty: whole)."""
-    import torch  # noqa: PLC0415  # only the torch-marked tests get here
+    import torch  # only the torch-marked tests get here
 
     if not (step_dir / marker).is_file():
         return [f"{step_dir.name} is visible without its completion marker {marker}"]
@@ -151,20 +151,36 @@ def check_tree(directory: Path, marker: str = protocol.DEFAULT_COMPLETE_MARKER,
 # ---- the child writer --------------------------------------------------------------------------
 
 class _Killer:
-    """Counts filesystem operations and SIGKILLs this process at the K-th one (0: never)."""
+    """Counts filesystem operations and SIGKILLs this process at a chosen one.
 
-    def __init__(self, die_at: int) -> None:
-        self.die_at = die_at
-        self.count = 0
+    `die_at` is "" (never), "any:K" (before the K-th operation of any kind), "OP:K" (before the
+    K-th call of OP) or "OP:K:after" (right after the K-th call of OP returned). Before dying it
+    prints which operation it stopped at, so the parent can tell which phases it covered.
+    """
+
+    def __init__(self, die_at: str) -> None:
+        parts = die_at.split(":") if die_at else ["", "0"]
+        self.op, self.nth, self.after = parts[0], int(parts[1]), parts[2:] == ["after"]
+        self.counts: dict[str, int] = {}
+
+    def _die(self, name: str, args: tuple[Any, ...]) -> None:
+        sys.stdout.write(f"killed {name} {'after' if self.after else 'before'} {args!r}\n")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def wrap(self, owner: Any, name: str) -> None:
         original = getattr(owner, name)
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            if self.count == self.die_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(*args, **kwargs)
+            for key in (name, "any"):
+                self.counts[key] = self.counts.get(key, 0) + 1
+            hit = self.op in (name, "any") and self.counts[self.op] == self.nth
+            if hit and not self.after:
+                self._die(name, args)
+            result = original(*args, **kwargs)
+            if hit:
+                self._die(name, args)
+            return result
 
         setattr(owner, name, counted)
 
@@ -179,7 +195,7 @@ def _os_file(path: Path) -> Iterator[int]:
 
 
 def _write_staged(directory: Path, step: int, rng: random.Random, files: int) -> None:
-    import trainer_hooks  # noqa: PLC0415
+    import trainer_hooks
 
     token = f"{rng.getrandbits(64):016x}"
     manifest: dict[str, Any] = {"token": token, "files": {}}
@@ -198,9 +214,9 @@ def _write_staged(directory: Path, step: int, rng: random.Random, files: int) ->
 
 
 def _write_torch(directory: Path, step: int, rng: random.Random, files: int) -> None:
-    import torch  # noqa: PLC0415
+    import torch
 
-    import trainer_hooks  # noqa: PLC0415
+    import trainer_hooks
 
     token = rng.getrandbits(30)
     count = rng.randint(files // 4, files)
@@ -214,18 +230,18 @@ def _child_main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--mode", choices=["staged", "torch"], default="staged")
-    parser.add_argument("--die-at-op", type=int, default=0)
+    parser.add_argument("--die-at", default="", help="OP:K[:after] or any:K, see _Killer")
     parser.add_argument("--steps", type=int, default=0, help="0: write until killed")
     parser.add_argument("--max-step", type=int, default=3)
     parser.add_argument("--files", type=int, default=40)
     args = parser.parse_args()
 
-    import trainer_hooks._rename  # noqa: PLC0415
+    import trainer_hooks._rename
 
     if args.mode == "torch":
-        import torch  # noqa: F401, PLC0415  # imported before 'ready' so kills land in writes
+        import torch  # noqa: F401  # imported before 'ready' so kills land in writes
     rng = random.Random(args.seed)
-    killer = _Killer(args.die_at_op)
+    killer = _Killer(args.die_at)
     for name in ("open", "write", "fsync", "rename", "mkdir", "unlink", "rmdir", "utime"):
         killer.wrap(os, name)
     killer.wrap(trainer_hooks._rename, "renameat2")
@@ -236,7 +252,7 @@ def _child_main() -> None:
     while args.steps == 0 or written < args.steps:
         write(args.directory, rng.randint(0, args.max_step), rng, args.files)
         written += 1
-    sys.stdout.write(f"ops {killer.count}\n")
+    sys.stdout.write(f"ops {json.dumps(killer.counts)}\n")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class _ErrorRecordingWriter:
 
 def torch_save(obj: Any, path: Path) -> None:
     """torch.save `obj` to a new file at `path`; a failed write raises the OSError behind it."""
-    import torch  # noqa: PLC0415  # lazy: trainer_hooks must import without torch
+    import torch  # lazy: trainer_hooks must import without torch
 
     with path.open("xb") as file:
         writer = _ErrorRecordingWriter(file)
@@ -54,7 +54,7 @@ def torch_load(fd: int, map_location: Any = None) -> Any:
     Reading through an fd opened before loading means a step deleted mid-load (by a cleaner that
     ignores LOADED_STEP) still reads whole: the unlinked file stays readable through the fd.
     """
-    import torch  # noqa: PLC0415  # lazy: trainer_hooks must import without torch
+    import torch  # lazy: trainer_hooks must import without torch
 
     with os.fdopen(fd, "rb") as file:
         return torch.load(file, map_location=map_location, weights_only=True)
