@@ -1,0 +1,258 @@
+"""The shipped systemd unit under a real systemd: Debian bookworm booted with systemd-nspawn.
+
+The unit file systemd/ckpt-janitor.service is installed unchanged; a drop-in only shortens the
+watchdog and restart delays and sets the test-only fault switch. The checkpoint tree and a second
+managed directory outside ReadWritePaths are host directories bound into the container, so the
+test inspects them directly. Needs root; skips only where nspawn cannot run at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nspawn_harness as harness
+import pytest
+
+pytestmark = pytest.mark.slow
+
+UNIT = "ckpt-janitor.service"
+TREE = "/srv/checkpoints"  # the unit's ReadWritePaths= and RequiresMountsFor=
+OTHER = "/srv/other"  # a managed directory the unit may read but not write
+HANG_FILE = "/run/ckpt-janitor-test/hang"
+WATCHDOG_S = 4
+VENV = "/opt/ckpt-janitor"  # where the unit's ExecStart points
+REPO_IN_CONTAINER = "/src"
+WHEELS_IN_CONTAINER = "/wheels"
+
+DROP_IN = f"""\
+# Test only: a short watchdog and restart delay, and the fault switch that hangs the loop.
+[Service]
+WatchdogSec={WATCHDOG_S}s
+RestartSec=3s
+TimeoutStartSec=60s
+Environment=JANITOR_TEST_HANG_FILE={HANG_FILE}
+"""
+ENV_FILE = f"""\
+JANITOR_ROOTS={TREE} {OTHER}
+JANITOR_METRICS_ADDR=9464
+JANITOR_RESCAN_INTERVAL=2
+"""
+
+
+def make_stream(broadcasts: Path, steps: range, loaded: int, gid: int) -> None:
+    """step_N dirs (a shard, STABLE last), group-writable by the trainer group, then LOADED_STEP.
+
+    The marker is written last and strictly after every step's last change (ctime included: the
+    chown and chmod count), or the janitor rightly keeps the steps as changed after the marker.
+    """
+    broadcasts.mkdir(parents=True)
+    for n in steps:
+        step = broadcasts / f"step_{n}"
+        step.mkdir()
+        (step / "model-00001.safetensors").write_bytes(b"x" * 4096)
+        (step / "STABLE").write_bytes(b"")
+    for path in [broadcasts.parent, *broadcasts.parent.rglob("*")]:
+        os.chown(path, 0, gid)
+        os.chmod(path, 0o2775 if path.is_dir() else 0o664)
+    newest = max(p.stat().st_ctime for p in [broadcasts, *broadcasts.rglob("*")])
+    harness.wait_for("the clock to pass the steps' last change",
+                     lambda: time.time() > newest + 0.1, 5)
+    marker = broadcasts / "LOADED_STEP"
+    marker.write_text(f"{loaded}\n")
+    os.chown(marker, 0, gid)
+    marker.chmod(0o664)
+
+
+@dataclass
+class Service:
+    container: harness.Container
+    tree: Path  # host side of TREE
+    other: Path  # host side of OTHER
+    start_seconds: float = 0.0
+    state_after_start: dict[str, str] = field(default_factory=dict)
+
+    def show(self, *props: str) -> dict[str, str]:
+        out = self.container.run("systemctl", "show", UNIT, "-p", ",".join(props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self) -> list[str]:
+        """What the daemon itself wrote (stdout/stderr), not systemd's lines about the unit."""
+        out = self.container.run("journalctl", "--no-pager", "-o", "cat",
+                                 f"_SYSTEMD_UNIT={UNIT}", "_TRANSPORT=stdout").stdout
+        return [line for line in out.splitlines() if line.strip()]
+
+    def wait(self, what: str, condition: Callable[[], object], timeout: float,
+             interval: float = 0.2) -> object:
+        """harness.wait_for, failing with the unit's status and journal on a timeout."""
+        try:
+            return harness.wait_for(what, condition, timeout, interval)
+        except TimeoutError as timeout_error:
+            pytest.fail(f"{timeout_error}\n{self.diagnostics()}")
+
+    def diagnostics(self) -> str:
+        status = self.container.run("systemctl", "status", "--no-pager", "-l", UNIT,
+                                    check=False).stdout
+        journal = self.container.run("journalctl", "--no-pager", "-u", UNIT, "-n", "60",
+                                     check=False).stdout
+        return f"{status}\n--- journal ---\n{journal}"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    try:
+        harness.check_host()
+    except harness.NspawnUnavailableError as why:
+        pytest.skip(f"systemd-nspawn cannot run here: {why}")
+    work = tmp_path_factory.mktemp("nspawn")
+    wheels, tree, other = work / "wheels", work / "tree", work / "other"
+    for path in (wheels, tree, other):
+        path.mkdir()
+        path.chmod(0o755)
+    started = time.monotonic()
+    harness.build_wheels(wheels)
+    binds = [(harness.REPO, REPO_IN_CONTAINER, True), (wheels, WHEELS_IN_CONTAINER, True),
+             (tree, TREE, False), (other, OTHER, False)]
+    with harness.booted(binds, work) as container:
+        harness.log(f"booted in {time.monotonic() - started:.0f} s (wheels included)")
+        run = container.run
+        run("python3", "-m", "venv", VENV)
+        run(f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links",
+            WHEELS_IN_CONTAINER, "ckpt-janitor", timeout=300)
+        help_text = run(f"{VENV}/bin/janitor", "run", "--help", check=False)
+        if help_text.returncode != 0:
+            pytest.fail(f"`janitor run` is not there: {help_text.stderr.strip()[-500:]}")
+        # The user and group come from the shipped sysusers snippet.
+        container.write("/etc/sysusers.d/ckpt-janitor.conf",
+                        (harness.REPO / "systemd" / "ckpt-janitor.sysusers.conf").read_text())
+        run("systemd-sysusers")
+        gid = int(run("getent", "group", "trainer").stdout.split(":")[2])
+        make_stream(tree / "run1" / "broadcasts", range(1, 7), loaded=5, gid=gid)
+        make_stream(other / "broadcasts", range(1, 4), loaded=3, gid=gid)
+        os.chown(tree, 0, gid)
+        tree.chmod(0o2775)
+        run("cp", f"{REPO_IN_CONTAINER}/systemd/{UNIT}", f"/etc/systemd/system/{UNIT}")
+        container.write(f"/etc/systemd/system/{UNIT}.d/test.conf", DROP_IN)
+        container.write("/etc/ckpt-janitor/ckpt-janitor.env", ENV_FILE)
+        run("mkdir", "-p", str(Path(HANG_FILE).parent))
+        run("systemctl", "daemon-reload")
+        harness.log(f"installed in {time.monotonic() - started:.0f} s; starting {UNIT}")
+        svc = Service(container, tree, other)
+        before = time.monotonic()
+        result = run("systemctl", "start", UNIT, check=False, timeout=90)
+        svc.start_seconds = time.monotonic() - before
+        # Read right away: a notify unit is active only once READY=1 arrived.
+        svc.state_after_start = svc.show("ActiveState", "SubState", "MainPID", "NRestarts")
+        if result.returncode != 0:
+            pytest.fail(f"systemctl start failed: {result.stderr}\n{svc.diagnostics()}")
+        yield svc
+
+
+def test_start_returns_after_ready_as_unprivileged_user(service: Service) -> None:
+    state = service.state_after_start
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), \
+        service.diagnostics()
+    status = service.container.run("cat", f"/proc/{state['MainPID']}/status").stdout
+    uid = re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE)
+    assert uid is not None
+    assert uid.group(1) != "0"
+    user = service.container.run("getent", "passwd", uid.group(1)).stdout
+    assert user.startswith("ckpt-janitor:")
+    harness.log(f"systemctl start returned after {service.start_seconds:.1f} s")
+
+
+def test_deletes_below_loaded_step_inside_its_tree(service: Service) -> None:
+    broadcasts = service.tree / "run1" / "broadcasts"
+
+    def steps() -> set[str]:
+        return {p.name for p in broadcasts.iterdir() if p.name.startswith("step_")}
+
+    service.wait("steps 1-4 to leave the tree", lambda: steps() == {"step_5", "step_6"}, 30)
+    trash = broadcasts / ".janitor-trash"
+    service.wait("the trash to be reclaimed",
+                     lambda: not trash.exists() or not any(trash.iterdir()), 30)
+    for kept in ("step_5", "step_6"):
+        assert sorted(p.name for p in (broadcasts / kept).iterdir()) == \
+            ["STABLE", "model-00001.safetensors"]
+
+
+def test_cannot_delete_outside_read_write_paths(service: Service) -> None:
+    broadcasts = service.other / "broadcasts"
+
+    def refused() -> list[str]:
+        return [line for line in service.journal()
+                if OTHER in line and re.search(r"read-only|EROFS|errno 30|permission|EACCES",
+                                               line, re.IGNORECASE)]
+
+    lines = service.wait(f"a read-only error about {OTHER} in the journal", refused, 30)
+    assert lines
+    assert {p.name for p in broadcasts.iterdir() if p.name.startswith("step_")} == \
+        {"step_1", "step_2", "step_3"}
+    assert not (broadcasts / ".janitor-trash").exists()
+
+
+def test_health_endpoint_answers_inside_the_sandbox(service: Service) -> None:
+    probe = ("import urllib.request as u; r = u.urlopen('http://127.0.0.1:9464/healthz', "
+             "timeout=5); print(r.status)")
+    out = service.wait(
+        "/healthz to answer 200",
+        lambda: service.container.run(f"{VENV}/bin/python", "-c", probe,
+                                      check=False).stdout.strip() == "200", 20)
+    assert out
+
+
+def test_journal_holds_json_lines(service: Service) -> None:
+    lines = service.journal()
+    assert len(lines) >= 3, service.diagnostics()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            pytest.fail(f"journal line is not JSON: {line!r}")
+        assert isinstance(record, dict), line
+
+
+def test_hung_loop_trips_watchdog_and_systemd_restarts(service: Service) -> None:
+    container = service.container
+    before = service.show("NRestarts", "MainPID")
+    assert before["NRestarts"] == "0", "restarted before the fault: " + service.diagnostics()
+    container.run("touch", HANG_FILE)
+    tripped_at = time.monotonic()
+
+    def killed() -> dict[str, str] | None:
+        state = service.show("Result", "SubState", "NRestarts")
+        return state if state["Result"] == "watchdog" or state["NRestarts"] != "0" else None
+
+    try:
+        state = service.wait("systemd to kill the hung service for its watchdog", killed,
+                                 WATCHDOG_S * 5, interval=0.1)
+    finally:
+        container.run("rm", "-f", HANG_FILE)
+    harness.log(f"watchdog tripped {time.monotonic() - tripped_at:.1f} s after the hang: {state}")
+
+    def running_again() -> dict[str, str] | None:
+        state = service.show("ActiveState", "SubState", "NRestarts", "MainPID")
+        return state if state["SubState"] == "running" and state["NRestarts"] != "0" else None
+
+    after = service.wait("the service to be active (running) again", running_again, 60)
+    assert isinstance(after, dict)
+    assert after["NRestarts"] == "1", service.diagnostics()
+    assert after["MainPID"] != before["MainPID"]
+    systemd_lines = container.run("journalctl", "--no-pager", "-o", "cat", "-u", UNIT).stdout
+    assert "Watchdog timeout" in systemd_lines, systemd_lines[-3000:]
+
+
+def test_stop_is_clean(service: Service) -> None:
+    before = time.monotonic()
+    service.container.run("systemctl", "stop", UNIT, timeout=30)
+    took = time.monotonic() - before
+    state = service.show("ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
+    assert state["ActiveState"] == "inactive", service.diagnostics()
+    assert state["Result"] == "success", service.diagnostics()
+    assert state["ExecMainStatus"] == "0", service.diagnostics()
+    assert took < 3, f"systemctl stop took {took:.1f} s"
