@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from janitor import __version__, exitcodes, protocol
+from janitor import __version__, audit, exitcodes, protocol
+from janitor.audit import AuditLog
 from janitor.policy import Policy, PolicyError
 from janitor.report import DirectoryReport, directory_json, directory_text, human_bytes
 from janitor.scan import ScanOptions
@@ -60,6 +62,33 @@ def policy_options(command: F) -> F:
     return command
 
 
+def audit_option(command: F) -> F:
+    """--audit-log for the commands that delete."""
+    return click.option(
+        "--audit-log", default="auto", show_default=True, envvar="JANITOR_AUDIT_LOG",
+        show_envvar=True, metavar="PATH|auto|off",
+        help="Append one fsynced JSON line per deletion here (keep it outside the managed "
+             "directories). auto: $STATE_DIRECTORY/audit.jsonl under systemd, else "
+             "~/.local/state/ckpt-janitor/audit.jsonl, skipped with a warning if unwritable.",
+    )(command)
+
+
+def open_audit(value: str, dry_run: bool) -> AuditLog | None:
+    """The audit log to write, None for none; an explicit path that fails is a usage error."""
+    if dry_run or value == "off":
+        return None
+    path = audit.default_path() if value == "auto" else Path(value)
+    try:
+        return AuditLog(path)
+    except OSError as exc:
+        if value != "auto":
+            raise click.UsageError(f"--audit-log {value}: {exc.strerror or exc}; "
+                                   "give a writable path or 'off'") from None
+        _problem_line(f"audit log disabled: cannot write {path} ({exc.strerror or exc}); "
+                      "pass --audit-log PATH or --audit-log off")
+        return None
+
+
 def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
     """The Policy and ScanOptions from parsed options; a bad combination is a usage error."""
     markers = tuple(kwargs.pop("complete_markers"))
@@ -87,8 +116,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="PATH...")
 @policy_options
+@audit_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
-def sweep(paths: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
+def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, **kwargs: Any) -> None:
     """One pass over each managed directory under PATH: decide, print, delete.
 
     Exit codes: 0 nothing to delete, 3 deleted (or would), 4 refused (left a directory untouched),
@@ -97,7 +127,8 @@ def sweep(paths: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     dry_run = bool(kwargs.pop("dry_run"))
     max_depth = int(kwargs.pop("max_depth"))
     policy, options = build_policy(kwargs)
-    request = SweepRequest(tuple(paths), policy, options, dry_run, max_depth)
+    request = SweepRequest(tuple(paths), policy, options, dry_run, max_depth,
+                           open_audit(audit_log, dry_run))
 
     def show(report: DirectoryReport) -> None:
         if not as_json:
@@ -145,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 @cli.command()
 @click.argument("roots", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="ROOT...")
 @policy_options
+@audit_option
 @click.option("--watch", type=click.Choice(["auto", "inotify", "poll"]), default="auto",
               show_default=True, envvar="JANITOR_WATCH", show_envvar=True,
               help="auto polls network and FUSE filesystems (inotify cannot see other hosts' "
@@ -170,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
               default="info", show_default=True, envvar="JANITOR_LOG_LEVEL", show_envvar=True)
 def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interval: float,
         metrics_addr: str | None, once: bool, exit_with_pid: int | None, log_format: str,
-        log_level: str, **kwargs: Any) -> None:
+        log_level: str, audit_log: str, **kwargs: Any) -> None:
     """Watch ROOT and keep every managed directory below it reconciled until stopped.
 
     Stops on SIGTERM or SIGINT with exit 0. Exit 2 usage, 4 refused (another janitor holds a
@@ -188,10 +220,12 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(log_format, log_level)  # type: ignore[arg-type]
+    audit_file = open_audit(audit_log, dry_run)
     config = DaemonConfig(roots=tuple(roots), policy=policy, options=options, dry_run=dry_run,
                           max_depth=max_depth, watch=watch,  # type: ignore[arg-type]
                           poll_interval_s=poll_interval, rescan_interval_s=rescan_interval,
-                          metrics_addr=addr, once=once, exit_with_pid=exit_with_pid)
+                          metrics_addr=addr, once=once, exit_with_pid=exit_with_pid,
+                          audit=audit_file)
     try:
         code = Daemon(config).run()
     except StartupError as exc:
@@ -221,3 +255,27 @@ def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
         for line in render(reports):
             click.echo(line)
     sys.exit(code)
+
+
+@cli.group(name="audit")
+def audit_group() -> None:
+    """Check what the janitor deleted, after the fact."""
+
+
+@audit_group.command(name="verify")
+@click.argument("log_path", metavar="AUDIT_LOG", type=click.Path(dir_okay=False))
+def audit_verify(log_path: str) -> None:
+    """Replay AUDIT_LOG (and its rotated files) against the invariants.
+
+    Prints one line per violation and a summary. Exit 0 when sound, 1 on any violation.
+    """
+    from janitor.audit_verify import verify
+
+    if not Path(log_path).exists():
+        raise click.UsageError(f"{log_path} does not exist; give the janitor's --audit-log path")
+    verdict = verify(Path(log_path))
+    for line in verdict.violations:
+        click.echo(f"violation: {line}")
+    click.echo(f"{verdict.records} records, {verdict.deletions} deletions checked, "
+               f"{len(verdict.violations)} violations")
+    sys.exit(1 if verdict.violations else 0)

@@ -24,6 +24,7 @@ import psutil
 import structlog
 
 from janitor import exitcodes, lock, mounts, protocol, reaper
+from janitor.audit import AuditLog
 from janitor.health_http import HealthServer, Liveness, start_server
 from janitor.managed import ManagedDirectory, PassResult
 from janitor.metrics import Metrics
@@ -61,6 +62,7 @@ class DaemonConfig:
     metrics_addr: tuple[str, int] | None = None
     once: bool = False
     exit_with_pid: int | None = None
+    audit: AuditLog | None = None
 
 
 @dataclass(slots=True)
@@ -333,7 +335,7 @@ class Daemon:
         config = self.config
         try:
             managed = ManagedDirectory(path, dry_run=config.dry_run, policy=config.policy,
-                                       options=config.options)
+                                       options=config.options, audit=config.audit)
         except lock.LockHeldError as exc:
             if at_start:
                 raise StartupError(exitcodes.REFUSED, str(exc)) from None

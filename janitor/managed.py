@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from janitor import lock, mounts, reaper
+from janitor.audit import AuditLog, deletion_record
 from janitor.policy import Plan, Policy, plan
 from janitor.scan import ScanOptions, Snapshot, open_directory, scan
 
@@ -28,8 +29,10 @@ class PassResult:
 class ManagedDirectory:
     """An open managed directory. Holds its lock unless dry_run; close() releases everything."""
 
-    def __init__(self, path: str, *, dry_run: bool, policy: Policy, options: ScanOptions) -> None:
+    def __init__(self, path: str, *, dry_run: bool, policy: Policy, options: ScanOptions,
+                 audit: AuditLog | None = None) -> None:
         self.path = path
+        self.audit = audit
         self.dry_run = dry_run
         self.policy = policy
         self.options = options
@@ -85,6 +88,13 @@ class ManagedDirectory:
         assert trash_fd is not None
         points = mounts.mount_points()
         for decision in decided.doomed:
+            if self.audit is not None:
+                try:  # write-ahead: the record exists before the step is gone
+                    self.audit.append(deletion_record(snapshot, decided, self.policy, decision))
+                except OSError as exc:
+                    result.skipped.append(reaper.Skipped(
+                        decision.entry, f"audit log unwritable ({exc.strerror}): not deleted"))
+                    continue
             outcome = reaper.move_to_trash(self.fd, self.path, trash_fd, decision.entry, points)
             if isinstance(outcome, reaper.Trashed):
                 result.trashed.append(outcome)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from janitor import exitcodes, lock, reaper
+from janitor.audit import AuditLog
 from janitor.managed import ManagedDirectory
 from janitor.paths import check_root, discover
 from janitor.policy import Policy
@@ -27,6 +28,7 @@ class SweepRequest:
     options: ScanOptions
     dry_run: bool
     max_depth: int
+    audit: AuditLog | None = None
 
 
 def sweep(request: SweepRequest, problem: Callable[[str], None],
@@ -59,7 +61,7 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     report = DirectoryReport(path)
     try:
         with ManagedDirectory(path, dry_run=request.dry_run, policy=request.policy,
-                              options=request.options) as directory:
+                              options=request.options, audit=request.audit) as directory:
             report.leftover = directory.reclaim()
             result = directory.reconcile()
             report.result = result
