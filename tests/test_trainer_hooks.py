@@ -379,3 +379,36 @@ def test_public_api() -> None:
         "load_step", "mark_loaded", "mark_receiver_ready", "newest_complete_step", "save_step",
         "staged_step", "wait_for_step_newer_than"}
     assert trainer_hooks.__doc__
+
+
+# ---- docs/protocol.md --------------------------------------------------------------------------
+
+def doc_recipe(heading: str) -> str:
+    """The first python block after `heading` in docs/protocol.md."""
+    text = (REPO / "docs" / "protocol.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
+def test_doc_recipes_without_trainer_hooks_follow_the_protocol(tmp_path: Path) -> None:
+    """The hand-written recipes in docs/protocol.md produce what the janitor expects."""
+    namespace: dict[str, object] = {}
+    exec(doc_recipe("### A marker, without trainer_hooks"), namespace)  # noqa: S102
+    exec(doc_recipe("### A step, without trainer_hooks"), namespace)  # noqa: S102
+    namespace["publish_step"](str(tmp_path), 3, {"a.bin": b"a"})  # type: ignore[operator]
+    namespace["mark_loaded"](str(tmp_path), 3)  # type: ignore[operator]
+    namespace["mark_loaded"](str(tmp_path), 2, "eval")  # type: ignore[operator]
+    assert newest_complete_step(tmp_path) == 3
+    assert tree_files(tmp_path / "step_3") == {"a.bin", "STABLE"}
+    assert protocol.parse_marker((tmp_path / "LOADED_STEP").read_bytes()) == 3
+    assert protocol.consumer_of("LOADED_STEP.eval") == "eval"
+    assert sorted(os.listdir(tmp_path)) == ["LOADED_STEP", "LOADED_STEP.eval", "step_3"]
+
+
+def test_doc_names_match_protocol() -> None:
+    text = (REPO / "docs" / "protocol.md").read_text()
+    for name in (protocol.STAGING_PREFIX, protocol.PIN_FILE, protocol.TRASH_DIR,
+                 protocol.LOCK_FILE, protocol.RECEIVER_READY_MARKER, protocol.FINISHED_MARKER,
+                 protocol.DEFAULT_COMPLETE_MARKER, protocol.LOADED_MARKER):
+        assert f"`{name}" in text, name
