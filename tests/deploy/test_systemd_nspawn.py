@@ -76,6 +76,7 @@ class Service:
     other: Path  # host side of OTHER
     start_seconds: float = 0.0
     state_after_start: dict[str, str] = field(default_factory=dict)
+    steps_after_start: set[str] = field(default_factory=set)
 
     def show(self, *props: str) -> dict[str, str]:
         out = self.container.run("systemctl", "show", UNIT, "-p", ",".join(props)).stdout
@@ -148,6 +149,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         svc.start_seconds = time.monotonic() - before
         # Read right away: a notify unit is active only once READY=1 arrived.
         svc.state_after_start = svc.show("ActiveState", "SubState", "MainPID", "NRestarts")
+        svc.steps_after_start = {p.name for p in (tree / "run1" / "broadcasts").iterdir()
+                                 if p.name.startswith("step_")}
         if result.returncode != 0:
             pytest.fail(f"systemctl start failed: {result.stderr}\n{svc.diagnostics()}")
         yield svc
@@ -164,6 +167,8 @@ def test_start_returns_after_ready_as_unprivileged_user(service: Service) -> Non
     user = service.container.run("getent", "passwd", uid.group(1)).stdout
     assert user.startswith("ckpt-janitor:")
     harness.log(f"systemctl start returned after {service.start_seconds:.1f} s")
+    # READY=1 comes after the first full reconcile, whose renames into the trash are done by then.
+    assert service.steps_after_start == {"step_5", "step_6"}
 
 
 def test_deletes_below_loaded_step_inside_its_tree(service: Service) -> None:
@@ -179,6 +184,9 @@ def test_deletes_below_loaded_step_inside_its_tree(service: Service) -> None:
     for kept in ("step_5", "step_6"):
         assert sorted(p.name for p in (broadcasts / kept).iterdir()) == \
             ["STABLE", "model-00001.safetensors"]
+    # Each deletion is in the audit log, in the unit's StateDirectory (its other writable path).
+    audit = service.container.run("cat", "/var/lib/ckpt-janitor/audit.jsonl").stdout
+    assert len([line for line in audit.splitlines() if line.strip()]) >= 4, audit
 
 
 def test_cannot_delete_outside_read_write_paths(service: Service) -> None:
