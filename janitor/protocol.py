@@ -79,12 +79,17 @@ def looks_like_step(name: str) -> bool:
     return name.startswith(STEP_PREFIX)
 
 
-def parse_marker(data: bytes) -> int | Invalid:
-    """Parse a LOADED_STEP marker's bytes: ASCII digits, one optional trailing newline."""
+def parse_marker(data: bytes, size: int | None = None) -> int | Invalid:
+    """Parse a LOADED_STEP marker's bytes: ASCII digits, one optional trailing newline.
+
+    `size` is the file's full size when the caller read only its first bytes (the reason then
+    names the real size, not the number of bytes read).
+    """
     if len(data) == 0:
         return Invalid("empty (half-written or truncated?)")
     if len(data) > MAX_MARKER_BYTES:
-        return Invalid(f"{len(data)} bytes, more than a {MAX_STEP_DIGITS}-digit step number")
+        shown = max(len(data), size or 0)
+        return Invalid(f"{shown} bytes, more than a {MAX_STEP_DIGITS}-digit step number")
     body = data[:-1] if data.endswith(b"\n") else data
     try:
         text = body.decode("ascii")

@@ -238,7 +238,7 @@ def read_consumer(dir_fd: int, filename: str, consumer: str) -> Consumer:
         return Consumer(consumer, filename, None, f"unreadable ({exc.strerror})", 0)
     finally:
         os.close(fd)
-    value = protocol.parse_marker(data)
+    value = protocol.parse_marker(data, st.st_size)
     if isinstance(value, Invalid):
         return Consumer(consumer, filename, None, value.reason, st.st_mtime_ns)
     # mtime is when the value was written; ctime may be the later rename that published it. The

@@ -1,0 +1,50 @@
+"""Fixtures for the janitor tests (helpers they build on: janitor_helpers.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory that uid 65534 can reach (pytest's own is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="janitor-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for dirpath, dirnames, _ in os.walk(path):
+            for name in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(dirpath, name), 0o700)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpfs_mount() -> Iterator[Callable[[Path], Path]]:
+    """Mount a small tmpfs at a given directory (skip when mounting is impossible); unmounted
+    at teardown."""
+    mounted: list[Path] = []
+
+    def mount(where: Path, *options: str) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        opts = ",".join(("size=4m", *options))
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (need root in a mount namespace): "
+                        f"{done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
