@@ -29,6 +29,17 @@ def test_save_step_load_step_round_trip(tmp_path: Path) -> None:
     assert all(torch.equal(loaded[key], state[key]) for key in state)
 
 
+def test_save_step_accepts_integer_like_steps(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    numpy = pytest.importorskip("numpy")
+    assert save_step(tmp_path, numpy.int64(4), {}) == tmp_path / "step_4"
+    assert save_step(tmp_path, torch.tensor(5), {}) == tmp_path / "step_5"
+    assert load_step(tmp_path, torch.tensor(5)) == {}
+    with pytest.raises(TypeError, match="float"):
+        save_step(tmp_path, 6.0, {})  # type: ignore[arg-type]
+    assert sorted(os.listdir(tmp_path)) == ["step_4", "step_5"]
+
+
 def test_save_step_custom_names(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     save_step(tmp_path, 0, {"w": torch.ones(2)}, filename="weights.pt", complete_marker=".finished")

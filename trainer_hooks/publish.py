@@ -73,12 +73,13 @@ def save_step(directory: str | os.PathLike[str], step: int, state_dict: Any,
     Returns the path of the published step directory. A full disk raises OSError (ENOSPC), not
     torch's RuntimeError, and leaves no step behind.
     """
+    number = check_step(step)
     name = check_file_name(filename, "filename")
     if name == complete_marker:
         raise ValueError(f"filename {name!r} is the completion marker's name; pick another")
-    with staged_step(directory, step, complete_marker) as staging:
+    with staged_step(directory, number, complete_marker) as staging:
         torch_save(state_dict, staging / name)
-    return Path(directory) / protocol.step_name(step)
+    return Path(directory) / protocol.step_name(number)
 
 
 def _make_staging_dir(parent_fd: int, number: int) -> str:
