@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -40,6 +41,9 @@ REPO = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("pyproject.toml", "README.md", "janitor", "trainer_hooks")
 
 
+T = TypeVar("T")
+
+
 class NspawnUnavailableError(Exception):
     """nspawn cannot run on this machine at all (the test skips with this reason)."""
 
@@ -48,8 +52,8 @@ def log(message: str) -> None:
     print(f"[nspawn] {message}", file=sys.stderr, flush=True)
 
 
-def wait_for(what: str, condition: Callable[[], object], timeout: float,
-              interval: float = 0.2) -> object:
+def wait_for(what: str, condition: Callable[[], T], timeout: float,
+              interval: float = 0.2) -> T:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -167,7 +171,7 @@ class Container:
             kids = nspawn.children()
             return kids[0].pid if kids else 0
 
-        self.pid1 = int(wait_for("the container's PID 1", child, 15))  # type: ignore[call-overload]
+        self.pid1 = wait_for("the container's PID 1", child, 15)
 
         def booted() -> bool:
             result = self.run("systemctl", "is-system-running", check=False)
