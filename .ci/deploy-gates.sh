@@ -144,12 +144,14 @@ for path in sorted(glob.glob(f"{sys.argv[1]}/kubernetes_*.yaml")):
                 or spec.get("securityContext", {}).get("seccompProfile", {}).get("type") == "RuntimeDefault",
                 "fsGroupChangePolicy OnRootMismatch": spec.get("securityContext", {}).get("fsGroupChangePolicy") == "OnRootMismatch",
                 "prometheus scrape annotation": doc["spec"]["template"].get("metadata", {}).get("annotations", {}).get("prometheus.io/scrape") == "true",
-                "volume mounted": any(m["name"] in {v["name"] for v in spec.get("volumes", [])} for m in c.get("volumeMounts", [])),
+                "every mounted volume defined": all(m["name"] in {v["name"] for v in spec.get("volumes", [])} for m in c.get("volumeMounts", [])),
+                "checkpoints mounted": any(m["name"] == "checkpoints" for m in c.get("volumeMounts", [])),
             }
             problems += [f"{where}: sidecar lacks {k}" for k, good in checks.items() if not good]
 if sidecars == 0:
     problems.append("no ckpt-janitor sidecar found in any rendered overlay")
-print("\n".join(problems), file=sys.stderr)
+for line in problems:
+    print(line, file=sys.stderr)
 sys.exit(1 if problems else 0)
 PY
 then
