@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from janitor import protocol
 from janitor.report import human_bytes
 from janitor.sizes import tree_size
 
 from .consume import load_step, wait_for_step_newer_than
 from .markers import mark_loaded
-from .publish import save_step
+from .publish import save_step, staged_step
 
 
 def _emit(**fields: Any) -> None:
@@ -44,18 +45,45 @@ def _emit(**fields: Any) -> None:
 # ---- roles ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """Extra payload per step, so that writing and deleting a step costs what it costs in practice.
+
+    `files` shard files of `total_bytes` together, beside model.pt, listed in manifest.json so a
+    consumer can tell a whole step from a half-missing one. files=0: model.pt only (the demo).
+    """
+
+    files: int = 0
+    total_bytes: int = 0
+
+
+MANIFEST = "manifest.json"
+CLEANERS = ("none", "inline-n2", "inline-gated")
+
+
 def run_trainer(directory: Path, seconds: float, step_interval_s: float, width: int,
-                seed: int) -> None:
-    """Train a tiny MLP; publish its weights as a step after every optimizer step."""
+                seed: int, *, max_steps: int = 0, shape: StepShape = StepShape(),
+                cleaner: str = "none", interval_to_keep: int = 0) -> None:
+    """Train a tiny MLP; publish its weights as a step after every optimizer step.
+
+    Stops after `seconds` or, if max_steps > 0, after that many steps, whichever comes first.
+    `cleaner` is the deletion the trainer does itself after publishing each step (bench/race.py):
+    "none" (the janitor's job), "inline-n2" (delete step N-2, the rule trainers use today) or
+    "inline-gated" (delete every step below LOADED_STEP); both inline rules keep multiples of
+    interval_to_keep. Each `published` line reports the seconds the cleanup took.
+    """
     import torch
 
+    if cleaner not in CLEANERS:
+        raise ValueError(f"cleaner must be one of {CLEANERS}, not {cleaner!r}")
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(),
                                 torch.nn.Linear(width, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    shard = os.urandom(shape.total_bytes // shape.files) if shape.files > 0 else b""
     deadline = time.monotonic() + seconds
     step = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (max_steps <= 0 or step < max_steps):
         started = time.monotonic()
         inputs = torch.randn(64, width)
         loss = (model(inputs) - inputs.sum(dim=1, keepdim=True)).pow(2).mean()
@@ -63,37 +91,188 @@ def run_trainer(directory: Path, seconds: float, step_interval_s: float, width: 
         loss.backward()
         optimizer.step()
         step += 1
-        save_step(directory, step, model.state_dict())
-        _emit(role="trainer", event="published", step=step, loss=round(float(loss), 4))
+        if shape.files > 0:
+            _publish_sharded(directory, step, model.state_dict(), shard, shape.files)
+        else:
+            save_step(directory, step, model.state_dict())
+        deleted: list[int] = []
+        cleanup_s = 0.0  # cleaner "none": the trainer does no deletion at all
+        if cleaner != "none":
+            cleanup_started = time.monotonic()
+            deleted = _inline_cleanup(directory, step, cleaner, interval_to_keep)
+            cleanup_s = time.monotonic() - cleanup_started
+        busy_s = time.monotonic() - started
+        _emit(role="trainer", event="published", step=step,
+              loss=round(float(loss.detach()), 4),
+              cleanup_s=round(cleanup_s, 6), busy_s=round(busy_s, 6), deleted=deleted)
         time.sleep(max(0.0, step_interval_s - (time.monotonic() - started)))
     _emit(role="trainer", event="done", steps=step)
 
 
+def _publish_sharded(directory: Path, step: int, state: dict[str, Any], shard: bytes,
+                     files: int) -> None:
+    """model.pt, `files` shard files and a manifest naming them; STABLE last (staged_step)."""
+    import torch
+
+    names = [f"shard-{i:05d}.bin" for i in range(files)]
+    with staged_step(directory, step) as tmp:
+        torch.save(state, tmp / "model.pt")
+        for name in names:
+            (tmp / name).write_bytes(shard)
+        manifest = {"shards": [[name, len(shard)] for name in names]}
+        (tmp / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _inline_cleanup(directory: Path, step: int, cleaner: str, interval_to_keep: int) -> list[int]:
+    """The deletion a trainer does in its own loop; returns the steps it deleted."""
+    def kept(number: int) -> bool:
+        return interval_to_keep > 0 and number % interval_to_keep == 0
+
+    if cleaner == "inline-n2":
+        victims = [step - 2] if step - 2 >= 0 and not kept(step - 2) else []
+    elif cleaner == "inline-gated":
+        loaded = _read_loaded_step(directory)
+        if loaded is None:
+            return []
+        victims = sorted(n for n in _step_numbers(directory) if n < loaded and not kept(n))
+    else:
+        return []
+    deleted = []
+    for number in victims:
+        target = directory / protocol.step_name(number)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            deleted.append(number)
+    return deleted
+
+
+def _read_loaded_step(directory: Path) -> int | None:
+    try:
+        value = protocol.parse_marker((directory / protocol.LOADED_MARKER).read_bytes())
+    except OSError:
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _step_numbers(directory: Path) -> list[int]:
+    numbers = []
+    for name in os.listdir(directory):
+        number = protocol.parse_step_name(name)
+        if isinstance(number, int):
+            numbers.append(number)
+    return numbers
+
+
+@dataclass(frozen=True)
+class StallSchedule:
+    """When the consumer stalls: with probability `chance` per load, for a drawn time.
+
+    "uniform": uniform in [low, high] seconds, before the load (the demo). "pareto": `scale` x a
+    Pareto(alpha) draw capped at `cap` seconds (heavy-tailed: most short, a few very long), at a
+    random point of the load (before it, or between two shard files). `forced` maps a load's
+    index (1 = the first load) to a stall in seconds that happens before that load, whatever the
+    draw says: a test's way to make sure a long stall happens.
+    """
+
+    chance: float = 0.08
+    low: float = 0.8
+    high: float = 2.5
+    dist: str = "uniform"
+    scale: float = 0.3
+    alpha: float = 1.5
+    cap: float = 10.0
+    forced: dict[int, float] = field(default_factory=dict)
+
+    def draw(self, rng: random.Random, index: int) -> tuple[float, float]:
+        """(stall seconds, the fraction of the load done before the stall)."""
+        if index in self.forced:
+            return self.forced[index], 0.0
+        if self.dist == "uniform":  # the demo's draws, in the demo's order
+            if rng.random() < self.chance:
+                return rng.uniform(self.low, self.high), 0.0
+            return 0.0, 0.0
+        stall, where = 0.0, rng.random()
+        if rng.random() < self.chance:
+            stall = min(self.cap, self.scale * rng.paretovariate(self.alpha))
+        return stall, where
+
+
+class HalfMissingStepError(Exception):
+    """A step whose files do not match its manifest: part of it vanished (or was never there)."""
+
+
+STARTUP_TIMEOUT_S = 120.0
+LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, KeyError, HalfMissingStepError)
+
+
 def run_consumer(directory: Path, seed: int, stall_chance: float, stall_s: tuple[float, float],
-                 idle_timeout_s: float) -> None:
-    """Load each newest complete step, sometimes stalling first; mark it loaded afterwards."""
+                 idle_timeout_s: float, schedule: StallSchedule | None = None,
+                 poll_interval_s: float = 0.05) -> None:
+    """Load each newest complete step, sometimes stalling first; mark it loaded afterwards.
+
+    A step with a manifest is loaded whole: model.pt with torch.load, then every shard file, each
+    checked against the manifest, so a step deleted under the consumer counts as a load failure.
+    """
+    if schedule is None:
+        schedule = StallSchedule(chance=stall_chance, low=stall_s[0], high=stall_s[1])
     rng = random.Random(seed)  # noqa: S311 (a stall schedule, not a secret)
     last: int | None = None
+    index = 0
     while True:
         try:
-            step = wait_for_step_newer_than(directory, last, timeout_s=idle_timeout_s,
-                                            poll_interval_s=0.05)
+            # The first step may take a while: the trainer imports torch on a busy machine.
+            timeout = idle_timeout_s if last is not None else max(idle_timeout_s,
+                                                                  STARTUP_TIMEOUT_S)
+            step = wait_for_step_newer_than(directory, last, timeout_s=timeout,
+                                            poll_interval_s=poll_interval_s)
         except TimeoutError:
             break
-        if rng.random() < stall_chance:
-            stall = rng.uniform(*stall_s)
-            _emit(role="consumer", event="stall", step=step, seconds=round(stall, 2))
-            time.sleep(stall)  # the stalled event loop of a real orchestrator
+        index += 1
+        stall, where = schedule.draw(rng, index)
+        started = time.monotonic()
         try:
-            load_step(directory, step)
-        except (FileNotFoundError, NotADirectoryError, RuntimeError, EOFError) as exc:
-            _emit(role="consumer", event="load_failed", step=step, error=str(exc)[:200])
+            _load_whole(directory, step, stall, where)
+        except LOAD_ERRORS as exc:
+            _emit(role="consumer", event="load_failed", step=step,
+                  error=f"{type(exc).__name__}: {exc}"[:200])
             last = step
             continue
         mark_loaded(directory, step)
-        _emit(role="consumer", event="loaded", step=step)
+        _emit(role="consumer", event="loaded", step=step,
+              load_s=round(time.monotonic() - started - stall, 6))
         last = step
     _emit(role="consumer", event="done", last=last)
+
+
+def _stall(step: int, seconds: float) -> None:
+    _emit(role="consumer", event="stall", step=step, seconds=round(seconds, 3))
+    time.sleep(seconds)  # the stalled event loop of a real orchestrator
+
+
+def _load_whole(directory: Path, step: int, stall: float, where: float) -> None:
+    """Load model.pt and, if the step has a manifest, every shard; stall at fraction `where`."""
+    if stall > 0 and where <= 0:
+        _stall(step, stall)
+        stall = 0.0
+    load_step(directory, step)
+    step_dir = directory / protocol.step_name(step)
+    try:
+        manifest = json.loads((step_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        if step_dir.is_dir():
+            return  # a step without a manifest (the demo's): model.pt is the whole step
+        raise
+    shards = manifest["shards"]
+    stall_at = min(len(shards), int(where * len(shards)))
+    for i, (name, size) in enumerate(shards):
+        if stall > 0 and i == stall_at:
+            _stall(step, stall)
+        with (step_dir / name).open("rb") as f:
+            got = len(f.read())
+        if got != size:
+            raise HalfMissingStepError(f"{step_dir / name}: {got} bytes, manifest says {size}")
+    if stall > 0 and stall_at >= len(shards):
+        _stall(step, stall)
 
 
 # ---- orchestrator --------------------------------------------------------------------------
@@ -199,23 +378,55 @@ def main(argv: list[str] | None = None) -> int:
     trainer = sub.add_parser("trainer")
     trainer.add_argument("directory", type=Path)
     trainer.add_argument("--seconds", type=float, default=30.0)
+    trainer.add_argument("--steps", type=int, default=0,
+                         help="stop after this many steps (0: only --seconds limits)")
     trainer.add_argument("--step-interval", type=float, default=0.2)
     trainer.add_argument("--width", type=int, default=512)
     trainer.add_argument("--seed", type=int, default=7)
+    trainer.add_argument("--files-per-step", type=int, default=0,
+                         help="shard files per step beside model.pt, with a manifest")
+    trainer.add_argument("--step-bytes", type=int, default=0,
+                         help="bytes of shard files per step (split evenly)")
+    trainer.add_argument("--cleaner", choices=CLEANERS, default="none",
+                         help="deletion the trainer does itself after each step")
+    trainer.add_argument("--interval-to-keep", type=int, default=0,
+                         help="inline cleaners keep multiples of this (0: none)")
     consumer = sub.add_parser("consumer")
     consumer.add_argument("directory", type=Path)
     consumer.add_argument("--seed", type=int, default=7)
     consumer.add_argument("--stall-chance", type=float, default=0.08)
     consumer.add_argument("--stall-min", type=float, default=0.8)
     consumer.add_argument("--stall-max", type=float, default=2.5)
+    consumer.add_argument("--stall-dist", choices=("uniform", "pareto"), default="uniform")
+    consumer.add_argument("--stall-scale", type=float, default=0.3,
+                          help="pareto: the smallest stall in seconds")
+    consumer.add_argument("--stall-alpha", type=float, default=1.5, help="pareto: tail index")
+    consumer.add_argument("--stall-cap", type=float, default=10.0,
+                          help="pareto: the longest stall in seconds")
+    consumer.add_argument("--forced-stall", action="append", default=[], metavar="LOAD:SECONDS",
+                          help="stall before the LOAD-th load (1 = first) for SECONDS")
+    consumer.add_argument("--poll-interval", type=float, default=0.05)
     consumer.add_argument("--idle-timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
     if args.role == "trainer":
-        run_trainer(args.directory, args.seconds, args.step_interval, args.width, args.seed)
+        if args.files_per_step < 0 or args.step_bytes < 0:
+            parser.error("--files-per-step and --step-bytes must be >= 0")
+        run_trainer(args.directory, args.seconds, args.step_interval, args.width, args.seed,
+                    max_steps=args.steps, shape=StepShape(args.files_per_step, args.step_bytes),
+                    cleaner=args.cleaner, interval_to_keep=args.interval_to_keep)
         return 0
     if args.role == "consumer":
+        try:
+            forced = {int(k): float(v) for k, v in
+                      (item.split(":", 1) for item in args.forced_stall)}
+        except ValueError:
+            parser.error("--forced-stall takes LOAD:SECONDS, e.g. 5:2.5")
+        schedule = StallSchedule(args.stall_chance, args.stall_min, args.stall_max,
+                                 args.stall_dist, args.stall_scale, args.stall_alpha,
+                                 args.stall_cap, forced)
         run_consumer(args.directory, args.seed, args.stall_chance,
-                     (args.stall_min, args.stall_max), args.idle_timeout)
+                     (args.stall_min, args.stall_max), args.idle_timeout, schedule,
+                     args.poll_interval)
         return 0
     return orchestrate(args)
 
@@ -290,7 +501,10 @@ def _summary(args: argparse.Namespace, base: Path, directory: Path, progress: Pr
         shutil.rmtree(base, ignore_errors=True)
     else:
         print(f"  tree kept at         {base}")
-    ok = not progress.failures and janitor_code == 0 and not progress.janitor_errors
+    if progress.loaded == 0:
+        print("  the consumer loaded no step: nothing was tested")
+    ok = (not progress.failures and janitor_code == 0 and not progress.janitor_errors
+          and progress.loaded > 0)
     print("\nresult: " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1
 
