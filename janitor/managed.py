@@ -93,7 +93,8 @@ class ManagedDirectory:
                     self.audit.append(deletion_record(snapshot, decided, self.policy, decision))
                 except OSError as exc:
                     result.skipped.append(reaper.Skipped(
-                        decision.entry, f"audit log unwritable ({exc.strerror}): not deleted"))
+                        decision.entry, f"audit log unwritable ({exc.strerror}): not deleted",
+                        failed=True))
                     continue
             outcome = reaper.move_to_trash(self.fd, self.path, trash_fd, decision.entry, points)
             if isinstance(outcome, reaper.Trashed):

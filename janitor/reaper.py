@@ -44,6 +44,9 @@ class Skipped:
 
     entry: Entry
     why: str
+    # True when an operation failed (permission, no space, an unwritable audit log), not merely
+    # postponed because the step moved on: `janitor sweep` reports it on stderr and exits 5.
+    failed: bool = False
 
 
 @dataclass(slots=True)
@@ -118,12 +121,18 @@ def move_to_trash(dir_fd: int, dir_path: str, trash_fd: int, entry: Entry,
     inside = mount_points_under(os.path.join(dir_path, entry.name), mounts)
     if inside:
         return Skipped(entry, f"holds a mount point ({protocol.printable(inside[0])}); "
-                       "unmount it first")
+                       "unmount it first", failed=True)
     name = trash_name(entry)
     try:
         os.rename(entry.name, name, src_dir_fd=dir_fd, dst_dir_fd=trash_fd)
     except FileNotFoundError:
         return Skipped(entry, "already gone")
+    except OSError as exc:
+        # One step the janitor cannot move (a directory it may not write: rename must update its
+        # '..'; no space to grow the trash) stays whole and is retried next pass; the other doomed
+        # steps of the pass still go.
+        return Skipped(entry, f"cannot move into the trash ({exc.strerror}); retried next pass",
+                       failed=True)
     return Trashed(entry, name)
 
 

@@ -11,7 +11,7 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from janitor import exitcodes, lock, reaper
+from janitor import exitcodes, lock, protocol, reaper
 from janitor.audit import AuditLog
 from janitor.managed import ManagedDirectory
 from janitor.paths import check_root, discover
@@ -100,6 +100,9 @@ def _problems(report: DirectoryReport) -> list[str]:
     lines = [line for line in (report.error, report.refused) if line]
     lines.extend(f"{report.path}: could not reclaim {p}" for p in
                  report.reclaimed.problems + report.leftover.problems)
+    if report.result is not None:
+        lines.extend(f"{report.path}: {protocol.printable(s.entry.name)} kept: {s.why}"
+                     for s in report.result.skipped if s.failed)
     pending = report.reclaimed.pending + report.leftover.pending
     if pending:
         lines.append(f"{report.path}: {len(pending)} trash entries are busy (open files on NFS?);"
@@ -109,6 +112,8 @@ def _problems(report: DirectoryReport) -> list[str]:
 
 def _code(report: DirectoryReport, dry_run: bool) -> int:
     if report.error or report.reclaimed.problems or report.leftover.problems:
+        return exitcodes.ERROR
+    if report.result is not None and any(s.failed for s in report.result.skipped):
         return exitcodes.ERROR
     if report.refused:
         return exitcodes.REFUSED
