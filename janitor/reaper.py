@@ -17,7 +17,7 @@ from itertools import count
 
 from janitor import protocol
 from janitor.mounts import mount_points_under
-from janitor.scan import Entry
+from janitor.scan import Entry, newest_child_ns
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Retry later, not failure: NFS silly-renamed `.nfsXXXX` files keep a directory busy or non-empty
@@ -116,7 +116,11 @@ def move_to_trash(dir_fd: int, dir_path: str, trash_fd: int, entry: Entry,
         return Skipped(entry, "already gone")
     if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
         return Skipped(entry, "replaced since the scan")
-    if max(st.st_mtime_ns, st.st_ctime_ns) > entry.changed_ns:
+    try:  # a shard rewritten in place changes only itself: look at the children too
+        newest = newest_child_ns(dir_fd, entry.name)
+    except OSError as exc:
+        return Skipped(entry, f"unreadable ({exc.strerror}); retried next pass", failed=True)
+    if max(st.st_mtime_ns, st.st_ctime_ns, newest) > entry.changed_ns:
         return Skipped(entry, "changed since the scan")
     inside = mount_points_under(os.path.join(dir_path, entry.name), mounts)
     if inside:

@@ -37,8 +37,8 @@ class Entry:
     number: int | None
     complete: bool
     pinned: bool
-    # Newest mtime/ctime seen on the directory and its completion marker (plus its children for
-    # incomplete steps and staging dirs): a rewrite of the step moves this forward.
+    # Newest mtime/ctime seen on the directory, its completion marker and its direct children: a
+    # rewrite of the step (a new file, or a shard overwritten in place) moves this forward.
     changed_ns: int
     dev: int
     ino: int
@@ -163,8 +163,10 @@ def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
         if mst is not None and stat.S_ISREG(mst.st_mode):
             complete = True
             changed = max(changed, mst.st_mtime_ns, mst.st_ctime_ns)
-    if not complete:
-        changed = max(changed, _newest_child_ns(dir_fd, name))
+    # Always the children too, complete or not: a trainer that resumed from an older checkpoint
+    # may rewrite a shard of an existing complete step in place (open, truncate, write), which
+    # changes neither the directory nor its completion marker (invariant 4).
+    changed = max(changed, newest_child_ns(dir_fd, name))
     pinned = _lstat_inside(dir_fd, name, options.pin_file) is not None
     ready_ns = None
     if options.receiver_ready:
@@ -181,7 +183,7 @@ def _lstat_inside(dir_fd: int, name: str, child: str) -> os.stat_result | None:
         return None
 
 
-def _newest_child_ns(dir_fd: int, name: str) -> int:
+def newest_child_ns(dir_fd: int, name: str) -> int:
     """Newest mtime/ctime among a directory's direct children (a write in progress shows here)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -215,7 +217,7 @@ def _read_staging(dir_fd: int, dev: int, name: str) -> Entry | None:
     if st is None or not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
         return None  # not ours to sweep: only real staging directories on this filesystem
     try:
-        changed = max(st.st_mtime_ns, st.st_ctime_ns, _newest_child_ns(dir_fd, name))
+        changed = max(st.st_mtime_ns, st.st_ctime_ns, newest_child_ns(dir_fd, name))
     except PermissionError:
         return None
     return Entry(name, None, False, False, changed, st.st_dev, st.st_ino)
