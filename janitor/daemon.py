@@ -189,7 +189,7 @@ class Daemon:
             if self._stopping():
                 break
             now = time.monotonic()
-            if self._pid_watch is not None and not self._pid_watch.is_running():
+            if self._pid_watch is not None and not _still_running(self._pid_watch):
                 self._finish(f"process {self.config.exit_with_pid} exited")
                 return exitcodes.EXIT_OK
             if now >= next_rescan:
@@ -283,6 +283,13 @@ class Daemon:
         self._reclaim_leftovers()
         with self._dirty_lock:
             self._dirty.update(self.dirs)
+        self._idle_pass_finished()
+
+    def _idle_pass_finished(self) -> None:
+        """A full pass over no managed directory (none exists yet) is finished at once: an idle
+        daemon is alive, and /healthz must not have a sidecar restarted before the first step."""
+        if not self.dirs:
+            self.liveness.pass_finished(time.monotonic())
 
     def _check_roots(self) -> None:
         """A root replaced or unmounted (device or inode changed): start over below it."""
@@ -384,6 +391,7 @@ class Daemon:
         with self._dirty_lock:
             self._dirty.update(self.dirs)
         self._reconcile_dirty()
+        self._idle_pass_finished()
         self._heartbeat()
 
     def _reconcile_dirty(self) -> None:
@@ -425,9 +433,10 @@ class Daemon:
             log.error("reconcile_failed", directory=path, error=_os_error(exc))
             self.metrics.error("reconcile")
             return
+        # The poll signature stays the one taken before the scan: a marker written during this
+        # pass (our own fsyncs take milliseconds) must differ at the next poll, not be absorbed.
+        # New marker names, and our own renames, cost one more pass at the next poll.
         state.markers = tuple(c.filename for c in result.snapshot.consumers)
-        if state.mode == "poll":  # markers may be new: the signature must cover them
-            state.signature = signature(path, state.markers)
         self._record(path, state, result)
         if result.trashed:
             trash_fd = managed.trash_fd(create=False)
@@ -485,6 +494,14 @@ def _say_once(state: _Dir, key: str, event: str, **fields: object) -> None:
     if key not in state.said:
         state.said.add(key)
         log.warning(event, **fields)
+
+
+def _still_running(process: psutil.Process) -> bool:
+    """psutil counts a zombie as running; it has exited, only its parent has not reaped it yet."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _identity(path: str) -> tuple[int, int] | None:

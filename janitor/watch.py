@@ -122,6 +122,9 @@ class InotifyWatcher:
         self._emitter_class = type("_BoundEmitter", (_Emitter,), {"group_class": group})
         self._observer = self._new_observer()
         self._watches: dict[str, Any] = {}
+        # (st_dev, st_ino) of each watched path when its watch was added: an inotify watch follows
+        # the inode, so a path renamed over or deleted and re-created needs a new watch.
+        self._identities: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
 
     def _new_observer(self) -> _Observer:
@@ -139,19 +142,28 @@ class InotifyWatcher:
         wanted = set(directories)
         failed: list[str] = []
         with self._lock:
-            for path in set(self._watches) - wanted:
+            for path in [p for p in self._watches if p not in wanted or self._replaced(p)]:
                 self._unschedule(path)
             for path in sorted(wanted - set(self._watches)):
+                # Identity first: a replacement between the stat and the watch shows as a
+                # mismatch next time (one needless re-watch), never as a watch on a stale inode.
+                identity = _identity(path)
                 try:
                     self._watches[path] = self._observer.schedule(
                         _DirHandler(path, self._on_dirty), path, recursive=False,
                         event_filter=EVENT_FILTER)
                 except OSError as exc:
                     failed.append(f"{protocol.printable(path)}: {exc.strerror or exc}")
+                else:
+                    self._identities[path] = identity
         return failed
+
+    def _replaced(self, path: str) -> bool:
+        return _identity(path) != self._identities.get(path)
 
     def _unschedule(self, path: str) -> None:
         watch = self._watches.pop(path)
+        self._identities.pop(path, None)
         # KeyError/OSError: the directory is gone and the kernel dropped the watch already.
         with contextlib.suppress(KeyError, OSError):
             self._observer.unschedule(watch)
@@ -163,7 +175,9 @@ class InotifyWatcher:
         if not self._observer.reader_alive():
             return "inotify reader thread died"
         for emitter in list(self._observer.emitters):
-            if not emitter.is_alive():
+            # watchdog stops an emitter whose directory was deleted: that is no death, the next
+            # watch() drops or replaces it.
+            if not emitter.is_alive() and not self._replaced(emitter.watch.path):
                 return f"inotify emitter for {protocol.printable(emitter.watch.path)} died"
         return None
 
@@ -173,6 +187,7 @@ class InotifyWatcher:
             paths = list(self._watches)
             self._stop_observer()
             self._watches.clear()
+            self._identities.clear()
             self._observer = self._new_observer()
         self.watch(paths)
 
@@ -187,6 +202,15 @@ class InotifyWatcher:
         with self._lock:
             self._stop_observer()
             self._watches.clear()
+            self._identities.clear()
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True, slots=True)
