@@ -22,6 +22,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 UNIT = "ckpt-janitor.service"
+TEMPLATE = "ckpt-janitor@.service"
 TREE = "/srv/checkpoints"  # the unit's ReadWritePaths= and RequiresMountsFor=
 OTHER = "/srv/other"  # a managed directory the unit may read but not write
 HANG_FILE = "/run/ckpt-janitor-test/hang"
@@ -137,7 +138,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         make_stream(other / "broadcasts", range(1, 4), loaded=3, gid=gid)
         os.chown(tree, 0, gid)
         tree.chmod(0o2775)
-        run("cp", f"{REPO_IN_CONTAINER}/systemd/{UNIT}", f"/etc/systemd/system/{UNIT}")
+        for unit in (UNIT, TEMPLATE):
+            run("cp", f"{REPO_IN_CONTAINER}/systemd/{unit}", f"/etc/systemd/system/{unit}")
         container.write(f"/etc/systemd/system/{UNIT}.d/test.conf", DROP_IN)
         container.write("/etc/ckpt-janitor/ckpt-janitor.env", ENV_FILE)
         run("mkdir", "-p", str(Path(HANG_FILE).parent))
@@ -264,3 +266,24 @@ def test_stop_is_clean(service: Service) -> None:
     assert state["Result"] == "success", service.diagnostics()
     assert state["ExecMainStatus"] == "0", service.diagnostics()
     assert took < 3, f"systemctl stop took {took:.1f} s"
+
+
+def test_template_instance_takes_its_tree_from_the_instance_name(service: Service) -> None:
+    """After the plain unit stopped (one janitor per tree): the template, instance = the tree."""
+    run = service.container.run
+    instance = run("systemd-escape", "--path", TREE).stdout.strip()
+    unit = f"ckpt-janitor@{instance}.service"
+    service.container.write(f"/etc/ckpt-janitor/{instance}.env", "JANITOR_RESCAN_INTERVAL=2\n")
+    result = run("systemctl", "start", unit, check=False, timeout=90)
+    journal = run("journalctl", "--no-pager", "-u", unit, check=False).stdout
+    assert result.returncode == 0, f"{result.stderr}\n{journal}"
+    show = run("systemctl", "show", unit, "-p", "ActiveState,SubState,MainPID").stdout
+    state = dict(line.split("=", 1) for line in show.splitlines())
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), journal
+    cmdline = run("cat", f"/proc/{state['MainPID']}/cmdline").stdout.split("\0")
+    assert cmdline[-2:] == [TREE, ""] or cmdline[-1] == TREE, cmdline
+    run("test", "-d", f"/var/lib/ckpt-janitor/{instance}")  # its own StateDirectory
+    run("systemctl", "stop", unit, timeout=30)
+    show = run("systemctl", "show", unit, "-p", "ActiveState,Result,ExecMainStatus").stdout
+    assert dict(line.split("=", 1) for line in show.splitlines()) == \
+        {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, journal
