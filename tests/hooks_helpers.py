@@ -57,11 +57,14 @@ def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
 
 
 def spawn_writer(directory: Path, seed: int, *, mode: str = "staged", die_at: str = "",
-                 steps: int = 0, max_step: int = 3, files: int = 40) -> subprocess.Popen[bytes]:
+                 steps: int = 0, max_step: int = 3, files: int = 40,
+                 no_renameat2: bool = False) -> subprocess.Popen[bytes]:
     """Start the child writer on `directory`; it prints 'ready' once it starts writing."""
     args = [sys.executable, str(HERE / "hooks_helpers.py"), str(directory), "--seed", str(seed),
             "--mode", mode, "--die-at", die_at, "--steps", str(steps),
             "--max-step", str(max_step), "--files", str(files)]
+    if no_renameat2:
+        args.append("--no-renameat2")
     return subprocess.Popen(args, stdout=subprocess.PIPE, env=child_env(), cwd=REPO)
 
 
@@ -234,12 +237,16 @@ def _child_main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="0: write until killed")
     parser.add_argument("--max-step", type=int, default=3)
     parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--no-renameat2", action="store_true",
+                        help="publish with the plain-rename fallback, as on systems without it")
     args = parser.parse_args()
 
     import trainer_hooks._rename
 
     if args.mode == "torch":
         import torch  # noqa: F401  # imported before 'ready' so kills land in writes
+    if args.no_renameat2:
+        trainer_hooks._rename._RENAMEAT2 = None
     rng = random.Random(args.seed)
     killer = _Killer(args.die_at)
     for name in ("open", "write", "fsync", "rename", "mkdir", "unlink", "rmdir", "utime"):
