@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 
 from janitor import __version__, audit, exitcodes, protocol
 from janitor.audit import AuditLog
@@ -73,20 +74,22 @@ def audit_option(command: F) -> F:
     )(command)
 
 
-def open_audit(value: str, dry_run: bool) -> AuditLog | None:
-    """The audit log to write, None for none; an explicit path that fails is a usage error."""
+def open_audit(value: str, dry_run: bool) -> tuple[AuditLog | None, str | None]:
+    """The audit log to write (None for none) and, for `auto`, why it is off if it is.
+
+    An explicit path that cannot be written is a usage error; the `auto` default is best effort
+    (a read-only home in a container must not stop the janitor), and the daemon logs why.
+    """
     if dry_run or value == "off":
-        return None
+        return None, None
     path = audit.default_path() if value == "auto" else Path(value)
     try:
-        return AuditLog(path)
+        return AuditLog(path), None
     except OSError as exc:
         if value != "auto":
             raise click.UsageError(f"--audit-log {value}: {exc.strerror or exc}; "
                                    "give a writable path or 'off'") from None
-        _problem_line(f"audit log disabled: cannot write {path} ({exc.strerror or exc}); "
-                      "pass --audit-log PATH or --audit-log off")
-        return None
+        return None, f"cannot write {path} ({exc.strerror or exc})"
 
 
 def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
@@ -128,7 +131,7 @@ def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, **kwargs: Any) 
     max_depth = int(kwargs.pop("max_depth"))
     policy, options = build_policy(kwargs)
     request = SweepRequest(tuple(paths), policy, options, dry_run, max_depth,
-                           open_audit(audit_log, dry_run))
+                           open_audit(audit_log, dry_run)[0])
 
     def show(report: DirectoryReport) -> None:
         if not as_json:
@@ -220,7 +223,10 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(log_format, log_level)  # type: ignore[arg-type]
-    audit_file = open_audit(audit_log, dry_run)
+    audit_file, audit_off = open_audit(audit_log, dry_run)
+    if audit_off:
+        structlog.get_logger("janitor").warning(
+            "audit_log_disabled", why=audit_off, action="pass --audit-log PATH or off")
     config = DaemonConfig(roots=tuple(roots), policy=policy, options=options, dry_run=dry_run,
                           max_depth=max_depth, watch=watch,  # type: ignore[arg-type]
                           poll_interval_s=poll_interval, rescan_interval_s=rescan_interval,

@@ -428,7 +428,7 @@ class Daemon:
                 self._rediscover = True
             return
         try:
-            result = managed.reconcile()
+            result = managed.reconcile(stop=self._stopping)
         except OSError as exc:
             log.error("reconcile_failed", directory=path, error=_os_error(exc))
             self.metrics.error("reconcile")

@@ -7,6 +7,7 @@ as the real run does and then stops: no lock, no trash directory, no rename.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from janitor import lock, mounts, reaper
@@ -78,8 +79,11 @@ class ManagedDirectory:
         snapshot = scan(self.fd, self.path, self.options)
         return snapshot, plan(snapshot, self.policy)
 
-    def reconcile(self) -> PassResult:
-        """Scan, plan and (unless dry_run) move every doomed entry into the trash, durably."""
+    def reconcile(self, stop: Callable[[], bool] | None = None) -> PassResult:
+        """Scan, plan and (unless dry_run) move every doomed entry into the trash, durably.
+
+        `stop` is asked before each rename: a stop request finishes at most the rename in hand.
+        """
         snapshot, decided = self.look()
         result = PassResult(self.path, snapshot, decided)
         if self.dry_run or not decided.doomed:
@@ -88,6 +92,8 @@ class ManagedDirectory:
         assert trash_fd is not None
         points = mounts.mount_points()
         for decision in decided.doomed:
+            if stop is not None and stop():
+                break
             if self.audit is not None:
                 try:  # write-ahead: the record exists before the step is gone
                     self.audit.append(deletion_record(snapshot, decided, self.policy, decision))

@@ -41,7 +41,12 @@ class Discovery:
 
 def discover(root: str, max_depth: int) -> Discovery:
     """Find managed directories: the root and descendants down to `max_depth` that hold `step_*`
-    entries or a consumer marker. Never descends into step, hidden or symlinked directories."""
+    entries or a consumer marker. Never descends into step, hidden or symlinked directories.
+
+    The root itself is resolved first: a user may name it through a symlink (`/ckpt -> /mnt/x`);
+    below it, nothing is followed.
+    """
+    root = os.path.realpath(root)
     managed: list[str] = []
     visited: list[str] = []
     queue: deque[tuple[str, int]] = deque([(root, 0)])
@@ -49,7 +54,7 @@ def discover(root: str, max_depth: int) -> Discovery:
         path, depth = queue.popleft()
         try:
             has_steps, subdirs = _look(path)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        except OSError:  # gone, not a directory, a symlink, unreadable: nothing to manage there
             continue
         visited.append(path)
         if has_steps:
