@@ -101,6 +101,9 @@ def _problems(report: DirectoryReport) -> list[str]:
     lines.extend(f"{report.path}: could not reclaim {p}" for p in
                  report.reclaimed.problems + report.leftover.problems)
     if report.result is not None:
+        # Foreign step-like names are never touched, but a person should hear about each once.
+        lines.extend(f"{report.path}: {protocol.printable(f.name)}: foreign, never touched "
+                     f"({f.reason})" for f in report.result.snapshot.foreign)
         lines.extend(f"{report.path}: {protocol.printable(s.entry.name)} kept: {s.why}"
                      for s in report.result.skipped if s.failed)
     pending = report.reclaimed.pending + report.leftover.pending

@@ -13,6 +13,24 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_state_dir() -> Iterator[Path]:
+    """Janitors started by tests write their audit log here, not into the real home directory;
+    uid 65534 can write it too."""
+    path = Path(tempfile.mkdtemp(prefix="janitor-test-state-", dir="/tmp"))
+    path.chmod(0o1777)
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_STATE_HOME", None)
+        else:
+            os.environ["XDG_STATE_HOME"] = saved
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A temporary directory that uid 65534 can reach (pytest's own is private to root)."""

@@ -159,6 +159,12 @@ def run_janitor(*args: str | Path, env: dict[str, str] | None = None, as_nobody:
     command = [*NOBODY] if as_nobody else []
     command += [JANITOR, *(str(a) for a in args)]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
+    if as_nobody and "XDG_STATE_HOME" in full_env:
+        # The audit log of a janitor running as uid 65534 goes where that user may write.
+        state = Path(full_env["XDG_STATE_HOME"]) / "uid-65534"
+        state.mkdir(exist_ok=True)
+        os.chown(state, 65534, 65534)
+        full_env["XDG_STATE_HOME"] = str(state)
     full_env.update(env or {})
     done = subprocess.run(command, capture_output=True, timeout=timeout_s, env=full_env,
                           check=False)

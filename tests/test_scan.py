@@ -88,8 +88,9 @@ def test_foreign_entries(tmp_path: Path) -> None:
     snap = do_scan(tree)
     assert [e.name for e in snap.entries] == ["step_1"]
     reasons = foreign_reasons(snap)
-    assert set(reasons) == {"step_01", "step_1.tmp", "step_", "step_-1", "step_4", "step_5",
-                            "step_6", "step_7"}  # STEP_3 does not look like a step: not reported
+    assert set(reasons) == {"step_01", "step_1.tmp", "step_", "step_-1", "STEP_3", "step_4",
+                            "step_5", "step_6", "step_7"}
+    assert reasons["STEP_3"] == "not a step name (the prefix is 'step_', lower case)"
     assert reasons["step_4"] == "not a directory"
     assert reasons["step_5"] == reasons["step_6"] == "a symlink (never followed)"
     assert "leading zero" in reasons["step_01"]
