@@ -51,12 +51,20 @@ class Reclaimer:
         self._on_deleted = on_deleted
         self._on_pending_bytes = on_pending_bytes
         self._pending_bytes = 0
+        # (directory, trash name) of every item queued in an explicit job: a leftover job ("all
+        # of the trash", queued by a rescan) skips them, or a step trashed after the leftover job
+        # was queued would be reclaimed and reported twice (once as "leftover").
+        self._claimed: set[tuple[str, str]] = set()
+        self._claimed_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="janitor-reclaim", daemon=True)
         self._thread.start()
 
     def submit(self, directory: str, trash_fd: int, items: list[Item] | None) -> Job:
         """Queue a reclaim; `trash_fd` is dup'ed, the caller keeps its own."""
         job = Job(directory, os.dup(trash_fd), items)
+        if items is not None:
+            with self._claimed_lock:
+                self._claimed.update((directory, item.trash_name) for item in items)
         self._jobs.put(job)
         return job
 
@@ -80,6 +88,10 @@ class Reclaimer:
             except Exception:  # the worker must survive anything one job does
                 log.exception("reclaim_failed", directory=job.directory)
             finally:
+                if job.items is not None:
+                    with self._claimed_lock:
+                        self._claimed.difference_update(
+                            (job.directory, item.trash_name) for item in job.items)
                 os.close(job.trash_fd)
                 job.done.set()
                 self._jobs.task_done()
@@ -87,8 +99,10 @@ class Reclaimer:
     def _work(self, job: Job) -> None:
         items = job.items
         if items is None:
+            with self._claimed_lock:
+                claimed = {name for directory, name in self._claimed if directory == job.directory}
             items = [Item(name, _step_of(name), "leftover")
-                     for name in reaper.trash_entries(job.trash_fd)]
+                     for name in reaper.trash_entries(job.trash_fd) if name not in claimed]
         sizes = self._measure(job, items)
         for item in items:
             stats = reaper.reclaim(job.trash_fd, [item.trash_name])
