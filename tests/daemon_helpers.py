@@ -57,8 +57,15 @@ def make_steps(directory: Path, numbers: Iterable[int], *, complete: bool = True
     for number in numbers:
         step = directory / f"step_{number}"
         step.mkdir()
-        for i in range(files):
-            (step / f"shard_{i}.bin").write_bytes(b"x")
+        step_fd = os.open(step, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(files):
+                fd = os.open(f"shard_{i}.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644,
+                             dir_fd=step_fd)
+                os.write(fd, b"x")
+                os.close(fd)
+        finally:
+            os.close(step_fd)
         if complete:
             (step / "STABLE").touch()
 
