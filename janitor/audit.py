@@ -39,16 +39,18 @@ class AuditLog:
     """Append-only JSON lines with fsync per record and size-based rotation (path.1 ... path.N)."""
 
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 backups: int = DEFAULT_BACKUPS) -> None:
+                 backups: int = DEFAULT_BACKUPS, *, lazy: bool = False) -> None:
+        """Open (creating its directory) now, or with `lazy` at the first record: a run that
+        deletes nothing then leaves no trace on disk."""
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
         self._host = socket.gethostname()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = self._open()
+        self._fd = -1 if lazy else self._open()
 
     def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def close(self) -> None:
@@ -63,6 +65,8 @@ class AuditLog:
                            "pid": os.getpid(), **record}, sort_keys=True) + "\n"
         data = line.encode("utf-8", "backslashreplace")
         with self._lock:
+            if self._fd < 0:
+                self._fd = self._open()
             if os.fstat(self._fd).st_size + len(data) > self.max_bytes:
                 self._rotate()
             os.write(self._fd, data)

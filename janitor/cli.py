@@ -7,6 +7,7 @@ A user error is one line on stderr, `janitor: error: ...`, and exit code 2; see 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,19 +78,30 @@ def audit_option(command: F) -> F:
 def open_audit(value: str, dry_run: bool) -> tuple[AuditLog | None, str | None]:
     """The audit log to write (None for none) and, for `auto`, why it is off if it is.
 
-    An explicit path that cannot be written is a usage error; the `auto` default is best effort
-    (a read-only home in a container must not stop the janitor), and the daemon logs why.
+    An explicit path that cannot be written is a usage error, found at start. The `auto` default
+    is best effort (a read-only home in a container must not stop the janitor; the daemon logs
+    why) and opened at the first deletion, so a run that deletes nothing leaves no trace.
     """
     if dry_run or value == "off":
         return None, None
-    path = audit.default_path() if value == "auto" else Path(value)
+    if value == "auto":
+        path = audit.default_path()
+        if not _could_create(path):
+            return None, f"cannot create {path} (not writable)"
+        return AuditLog(path, lazy=True), None
     try:
-        return AuditLog(path), None
+        return AuditLog(Path(value)), None
     except OSError as exc:
-        if value != "auto":
-            raise click.UsageError(f"--audit-log {value}: {exc.strerror or exc}; "
-                                   "give a writable path or 'off'") from None
-        return None, f"cannot write {path} ({exc.strerror or exc})"
+        raise click.UsageError(f"--audit-log {value}: {exc.strerror or exc}; "
+                               "give a writable path or 'off'") from None
+
+
+def _could_create(path: Path) -> bool:
+    """Whether `path` exists writable or its nearest existing ancestor is writable."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return os.access(candidate, os.W_OK)
+    return False
 
 
 def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
