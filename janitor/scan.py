@@ -160,24 +160,64 @@ def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions,
 
 def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
                options: ScanOptions) -> Entry:
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    complete = False
-    for marker in options.complete_markers:
-        mst = _lstat_inside(dir_fd, name, marker)
-        if mst is not None and stat.S_ISREG(mst.st_mode):
-            complete = True
-            changed = max(changed, mst.st_mtime_ns, mst.st_ctime_ns)
-    # Always the children too, complete or not: a trainer that resumed from an older checkpoint
-    # may rewrite a shard of an existing complete step in place (open, truncate, write), which
-    # changes neither the directory nor its completion marker (invariant 4).
-    changed = max(changed, newest_child_ns(dir_fd, name))
-    pinned = _lstat_inside(dir_fd, name, options.pin_file) is not None
+    wanted = {*options.complete_markers, options.pin_file}
+    if options.receiver_ready:
+        wanted.add(protocol.RECEIVER_READY_MARKER)
+    # One listing of the step gives everything: its completion marker, pin and sentinel, and
+    # the children's times. Always the children, complete or not: a trainer that resumed from an
+    # older checkpoint may rewrite a shard of an existing complete step in place (open, truncate,
+    # write), which changes neither the directory nor its completion marker (invariant 4).
+    newest, found = _list_step(dir_fd, name, wanted)
+    changed = max(st.st_mtime_ns, st.st_ctime_ns, newest)
+    complete = any(marker in found and stat.S_ISREG(found[marker].st_mode)
+                   for marker in options.complete_markers)
+    pinned = options.pin_file in found
     ready_ns = None
     if options.receiver_ready:
-        rst = _lstat_inside(dir_fd, name, protocol.RECEIVER_READY_MARKER)
+        rst = found.get(protocol.RECEIVER_READY_MARKER)
         if rst is not None and stat.S_ISREG(rst.st_mode):
             ready_ns = rst.st_mtime_ns
     return Entry(name, number, complete, pinned, changed, st.st_dev, st.st_ino, ready_ns)
+
+
+def _list_step(dir_fd: int, name: str,
+               wanted: set[str]) -> tuple[int, dict[str, os.stat_result]]:
+    """Newest mtime/ctime among the step's children, and the lstat of each `wanted` child.
+
+    One open, one listing and one lstat per child (the scan's cost at 100,000 steps). A step
+    gone or swapped for a symlink since its lstat reads as empty: the rename-time check catches
+    the swap. PermissionError propagates: a step we cannot read is never a deletion candidate.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, {}
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return 0, {}
+        raise
+    newest = 0
+    found: dict[str, os.stat_result] = {}
+    try:
+        with os.scandir(fd) as listing:
+            for item in listing:
+                try:
+                    child = item.stat(follow_symlinks=False)
+                except PermissionError:
+                    raise  # listable but not searchable: unsure what it holds
+                except OSError:
+                    continue  # vanished since the listing
+                newest = max(newest, child.st_mtime_ns, child.st_ctime_ns)
+                if item.name in wanted:
+                    found[item.name] = child
+        if newest == 0:
+            # Empty, or readable but not searchable (no x bit): a lookup inside tells which,
+            # raising PermissionError for the latter as a per-file lstat would have.
+            _lstat_inside(dir_fd, name, next(iter(wanted)))
+    finally:
+        os.close(fd)
+    return newest, found
 
 
 def _lstat_inside(dir_fd: int, name: str, child: str) -> os.stat_result | None:
