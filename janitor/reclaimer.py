@@ -46,7 +46,12 @@ Deleted = Callable[[str, Item, reaper.ReclaimStats], None]
 class Reclaimer:
     """One background thread working through reclaim jobs in order."""
 
-    def __init__(self, on_deleted: Deleted, on_pending_bytes: Callable[[int], None] | None) -> None:
+    def __init__(self, on_deleted: Deleted, on_pending_bytes: Callable[[int], None] | None,
+                 workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"reclaim workers must be >= 1, got {workers}")
+        # >1: each trash entry's subdirectories are unlinked concurrently (network filesystems).
+        self._workers = workers
         self._jobs: queue.Queue[Job] = queue.Queue()
         self._on_deleted = on_deleted
         self._on_pending_bytes = on_pending_bytes
@@ -105,7 +110,7 @@ class Reclaimer:
                      for name in reaper.trash_entries(job.trash_fd) if name not in claimed]
         sizes = self._measure(job, items)
         for item in items:
-            stats = reaper.reclaim(job.trash_fd, [item.trash_name])
+            stats = reaper.reclaim(job.trash_fd, [item.trash_name], workers=self._workers)
             self._add_pending(-sizes.get(item.trash_name, 0))
             if stats.pending or stats.problems:
                 log.warning("reclaim_incomplete", directory=job.directory,

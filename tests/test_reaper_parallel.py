@@ -139,3 +139,20 @@ def test_parallel_never_crosses_a_mount_point(tmp_path: Path) -> None:
         # Once unmounted, the next reclaim finishes the entry.
         again = reaper.reclaim(fd, workers=4)
         assert again.pending == [] and os.listdir(trash) == []
+
+
+def test_reclaimer_thread_uses_the_workers(tmp_path: Path) -> None:
+    from janitor.reclaimer import Item, Reclaimer
+
+    deleted: list[tuple[str, int]] = []
+    reclaimer = Reclaimer(lambda directory, item, stats: deleted.append((item.trash_name,
+                                                                         stats.files)),
+                          None, workers=3)
+    with trash_of(tmp_path) as (trash, fd):
+        build_step(trash / "7.1.1.0", subdirs=4, files=5)
+        job = reclaimer.submit(str(tmp_path), fd, [Item("7.1.1.0", 7, "superseded")])
+        assert job.done.wait(30)
+        assert os.listdir(trash) == []
+    assert deleted == [("7.1.1.0", 2 + 4 * 6)]
+    with pytest.raises(ValueError, match="workers"):
+        Reclaimer(lambda *_: None, None, workers=0)
