@@ -1,0 +1,152 @@
+"""Trainer stall: step time of a torch training loop that publishes a step every iteration,
+with no cleanup (the baseline), with inline `shutil.rmtree` of step N-2 in the loop (what
+trainers do today), and with `janitor run` beside it as a separate process.
+
+The loop (CPU, a small MLP) does forward, backward and an optimizer step, publishes the weights
+with trainer_hooks.save_step (torch.save, fsync, STABLE last, rename) and then, playing the
+consumer, publishes LOADED_STEP = N-1 with trainer_hooks.mark_loaded: the same writes in every
+variant, so the only difference is who deletes and where. Variants run in rounds, rotating
+their order, each round on a fresh directory; the first steps of each round are warm-up and
+dropped. On a 2-core machine the janitor process competes with the trainer for CPU (and the
+deletions for the same disk); that cost is part of what is measured.
+
+    .venv/bin/python bench/trainer_stall.py [--quick] --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import janitor_command, machine, scratch, summary, write_json
+
+VARIANTS = ("no cleanup", "inline rmtree N-2", "janitor run")
+WARMUP = 2
+
+
+def make_model(width: int, depth: int) -> tuple[Any, Any, Any, Any]:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    batch = torch.randn(64, width)
+    target = torch.randn(64, width)
+    return model, optimizer, batch, target
+
+
+def start_janitor(directory: Path, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [*janitor_command(), "run", str(directory), "--watch", "inotify", "--audit-log", "off",
+           "--log-format", "json"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if b'"ready"' in log.read_bytes():
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"janitor exited early: {log.read_text()[-2000:]}")
+        time.sleep(0.02)  # polling a log file for readiness, not synchronising the measurement
+    proc.kill()
+    raise RuntimeError("janitor not ready within 30 s")
+
+
+def stop_janitor(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_round(variant: str, directory: Path, steps: int, model_parts: tuple[Any, ...],
+              first_step: int) -> tuple[list[float], int]:
+    import torch
+    from torch import nn
+
+    from trainer_hooks import mark_loaded, save_step
+
+    model, optimizer, batch, target = model_parts
+    loss_fn = nn.MSELoss()
+    directory.mkdir()
+    janitor = start_janitor(directory, directory.parent / f"{directory.name}.log") \
+        if variant == "janitor run" else None
+    times: list[float] = []
+    try:
+        for i in range(first_step, first_step + steps):
+            started = time.perf_counter()
+            optimizer.zero_grad()
+            loss = loss_fn(model(batch), target)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                save_step(directory, i, model.state_dict())
+            if i > first_step:
+                mark_loaded(directory, i - 1)
+            if variant == "inline rmtree N-2":
+                shutil.rmtree(directory / f"step_{i - 2}", ignore_errors=True)
+            times.append(time.perf_counter() - started)
+    finally:
+        if janitor is not None:
+            stop_janitor(janitor)
+    left = sum(1 for name in os.listdir(directory) if name.startswith("step_"))
+    return times[WARMUP:], left
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    import torch
+
+    rounds, steps = (2, 8) if args.quick else (6, 22)
+    width, depth = 1024, 8  # 8.4 M parameters: a 34 MB step
+    parts = make_model(width, depth)
+    step_bytes = sum(p.numel() * p.element_size() for p in parts[0].parameters())
+    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    steps_left: dict[str, list[int]] = {v: [] for v in VARIANTS}
+    with scratch("stall") as root:
+        for r in range(rounds):
+            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            for variant in order:
+                directory = root / f"r{r}-{variant.split()[0]}"
+                times, left = run_round(variant, directory, steps, parts, first_step=1)
+                samples[variant] += times
+                steps_left[variant].append(left)
+                print(f"  round {r + 1}/{rounds} {variant}: median "
+                      f"{statistics.median(times) * 1e3:.0f} ms, {left} steps left", flush=True)
+                shutil.rmtree(directory)
+    base = statistics.fmean(samples["no cleanup"])
+    base_p50 = statistics.median(samples["no cleanup"])
+    results = {}
+    for variant, values in samples.items():
+        figures = summary(values)
+        figures["mean_ratio_vs_no_cleanup"] = figures["mean"] / base
+        figures["p50_ratio_vs_no_cleanup"] = figures["p50"] / base_p50
+        figures["steps_left_on_disk"] = steps_left[variant]
+        figures["samples_s"] = values
+        results[variant] = figures
+    write_json(args.out, {
+        "benchmark": "trainer_stall", "machine": machine(), "quick": args.quick,
+        "model": f"MLP {depth} x Linear({width}, {width}), fp32", "step_bytes": step_bytes,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "rounds": rounds, "steps_per_round": steps, "warmup_dropped_per_round": WARMUP,
+        "variants": results,
+    })
+
+
+if __name__ == "__main__":
+    main()
