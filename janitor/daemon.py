@@ -428,7 +428,7 @@ class Daemon:
                 self._rediscover = True
             return
         try:
-            result = managed.reconcile(stop=self._stopping)
+            result = managed.reconcile(stop=self._stopping, sync=False)
         except OSError as exc:
             log.error("reconcile_failed", directory=path, error=_os_error(exc))
             self.metrics.error("reconcile")
@@ -442,7 +442,7 @@ class Daemon:
             trash_fd = managed.trash_fd(create=False)
             assert trash_fd is not None
             items = [Item(t.trash_name, t.entry.number, _reason(result, t)) for t in result.trashed]
-            self.reclaimer.submit(path, trash_fd, items)
+            self.reclaimer.submit(path, trash_fd, items, sync_fds=(managed.fd, trash_fd))
 
     def _record(self, path: str, state: _Dir, result: PassResult) -> None:
         """Logs and metrics for one pass: each fact once, not on every pass."""

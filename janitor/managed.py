@@ -79,10 +79,13 @@ class ManagedDirectory:
         snapshot = scan(self.fd, self.path, self.options)
         return snapshot, plan(snapshot, self.policy)
 
-    def reconcile(self, stop: Callable[[], bool] | None = None) -> PassResult:
-        """Scan, plan and (unless dry_run) move every doomed entry into the trash, durably.
+    def reconcile(self, stop: Callable[[], bool] | None = None, *,
+                  sync: bool = True) -> PassResult:
+        """Scan, plan and (unless dry_run) move every doomed entry into the trash.
 
         `stop` is asked before each rename: a stop request finishes at most the rename in hand.
+        With `sync` the renames are fsynced here; the daemon passes False and has its reclaim
+        worker fsync both directories before it frees any byte.
         """
         snapshot, decided = self.look()
         result = PassResult(self.path, snapshot, decided)
@@ -107,7 +110,7 @@ class ManagedDirectory:
                 result.trashed.append(outcome)
             else:
                 result.skipped.append(outcome)
-        if result.trashed:
+        if result.trashed and sync:
             reaper.sync_directories(self.fd, trash_fd)
         return result
 

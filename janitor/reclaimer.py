@@ -38,6 +38,8 @@ class Job:
     trash_fd: int  # owned by the job: closed when done
     items: list[Item] | None  # None: everything in the trash (leftovers, retries)
     done: threading.Event = field(default_factory=threading.Event)
+    # Directory fds (owned, dup'ed) whose renames must be durable before any byte is freed.
+    sync_fds: tuple[int, ...] = ()
 
 
 Deleted = Callable[[str, Item, reaper.ReclaimStats], None]
@@ -64,9 +66,14 @@ class Reclaimer:
         self._thread = threading.Thread(target=self._run, name="janitor-reclaim", daemon=True)
         self._thread.start()
 
-    def submit(self, directory: str, trash_fd: int, items: list[Item] | None) -> Job:
-        """Queue a reclaim; `trash_fd` is dup'ed, the caller keeps its own."""
-        job = Job(directory, os.dup(trash_fd), items)
+    def submit(self, directory: str, trash_fd: int, items: list[Item] | None,
+               sync_fds: tuple[int, ...] = ()) -> Job:
+        """Queue a reclaim; `trash_fd` and `sync_fds` are dup'ed, the caller keeps its own.
+
+        `sync_fds` are fsynced before anything is unlinked: the renames into the trash become
+        durable here, off the reconcile loop, so a slow disk never delays the next reaction.
+        """
+        job = Job(directory, os.dup(trash_fd), items, sync_fds=tuple(os.dup(fd) for fd in sync_fds))
         if items is not None:
             with self._claimed_lock:
                 self._claimed.update((directory, item.trash_name) for item in items)
@@ -98,10 +105,13 @@ class Reclaimer:
                         self._claimed.difference_update(
                             (job.directory, item.trash_name) for item in job.items)
                 os.close(job.trash_fd)
+                for fd in job.sync_fds:
+                    os.close(fd)
                 job.done.set()
                 self._jobs.task_done()
 
     def _work(self, job: Job) -> None:
+        reaper.sync_directories(*job.sync_fds)
         items = job.items
         if items is None:
             with self._claimed_lock:
