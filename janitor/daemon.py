@@ -184,7 +184,10 @@ class Daemon:
         next_poll = now + self.config.poll_interval_s
         while not self._stopping():
             self._hang_if_asked()
-            timeout = min(next_rescan, next_poll, now + self._heartbeat_s()) - time.monotonic()
+            deadlines = [next_rescan, now + self._heartbeat_s()]
+            if any(state.mode == "poll" for state in self.dirs.values()):
+                deadlines.append(next_poll)
+            timeout = min(deadlines) - time.monotonic()
             self._wait(max(0.0, timeout))
             if self._stopping():
                 break
