@@ -84,7 +84,8 @@ class Events:
 
     def handled(self) -> int:
         """The newest step the consumer loaded or failed to load (0 if none)."""
-        return max([0] + [r["step"] for r in self.loaded] + [r["step"] for r in self.failed])
+        steps = [int(r["step"]) for r in (*self.loaded, *self.failed)]
+        return max(steps, default=0)
 
 
 def _follow(stream: TextIO, events: Events) -> None:

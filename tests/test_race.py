@@ -1,6 +1,6 @@
 """The race, short: bench/race.py with forced long stalls, every cleaner on the same seed.
 
-The consumer stalls for 2 s before two of its loads, far longer than two step intervals, so the
+The consumer stalls for 2 s before three of its loads, far longer than two step intervals, so the
 N-2 rule (a) must delete a step the consumer has picked but not yet loaded. The gated inline rule
 (b) and the janitor (c) must never fail a load; the janitor costs the trainer no cleanup time and,
 after its final pass, leaves no step its rule should have deleted. The roles sleep to pace steps
@@ -24,12 +24,14 @@ RACE = Path(__file__).resolve().parents[1] / "bench" / "race.py"
 def test_race_n2_rule_fails_and_the_janitor_does_not(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "race.json"
-    command = [sys.executable, str(RACE), "--steps", "60", "--step-interval", "0.05",
+    command = [sys.executable, str(RACE), "--steps", "60", "--step-interval", "0.08",
                "--files-per-step", "20", "--step-bytes", "400000",
                # no multiples below 1000: every step is the rules' to delete or keep
                "--interval-to-keep", "1000",
-               # only forced stalls, before the 3rd and the 12th load, 2 s each (>= 4 steps)
-               "--stall-chance", "0", "--forced-stall", "3:2", "--forced-stall", "12:2",
+               # only forced stalls, 2 s each (>= 2 steps even on a loaded machine), before the
+               # 1st, 4th and 12th load: the first load happens while the trainer still runs
+               "--stall-chance", "0", "--forced-stall", "1:2", "--forced-stall", "4:2",
+               "--forced-stall", "12:2",
                "--dir", str(tmp_path / "trees"), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
