@@ -57,7 +57,11 @@ class DirectoryLock:
 
 def acquire(dir_fd: int, path: str, policy: dict[str, object],
             wait_s: float = 1.0) -> DirectoryLock:
-    """Take the managed directory's lock, waiting up to `wait_s` for a brief holder (a `status`)."""
+    """Take the managed directory's lock, waiting up to `wait_s` for a brief holder (a `status`).
+
+    Another janitor (an exclusive holder) is refused at once, never waited for: two janitors
+    started together must not both run, one after the other, as if nothing had happened.
+    """
     fd = os.open(protocol.LOCK_FILE, _OPEN_FLAGS, 0o644, dir_fd=dir_fd)
     try:
         _check_regular(fd)
@@ -67,14 +71,56 @@ def acquire(dir_fd: int, path: str, policy: dict[str, object],
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockHeldError(path, _read_holder(fd)) from None
+                if _held_exclusively(fd) or time.monotonic() >= deadline:
+                    raise LockHeldError(path, _current_holder(fd)) from None
                 time.sleep(0.02)  # a status check holds it for microseconds
         _write_holder(fd, policy)
     except BaseException:
         os.close(fd)
         raise
     return DirectoryLock(fd)
+
+
+def _held_exclusively(fd: int) -> bool:
+    """Whether another janitor holds the lock (exclusive), rather than a `status` (shared)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _current_holder(fd: int, wait_s: float = 1.0) -> dict[str, object] | None:
+    """The holder the lock file names, waiting briefly while it is still being written.
+
+    A new holder truncates and rewrites the file just after taking the lock, so for an instant it
+    is empty or still names the previous holder, which has exited.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = _read_holder(fd)
+        if _plausible(holder) or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.005)
+
+
+def _plausible(holder: dict[str, object] | None) -> bool:
+    """False for no holder, or one on this host whose process no longer exists."""
+    if not holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True  # another host's pid cannot be checked from here
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
 
 
 def _check_regular(fd: int) -> None:
