@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from janitor import lock, mounts, reaper
 from janitor.audit import AuditLog, deletion_record
 from janitor.policy import Plan, Policy, plan
-from janitor.scan import ScanOptions, Snapshot, open_directory, scan
+from janitor.scan import ScanOptions, Snapshot, deepen, open_directory, scan
 
 
 @dataclass(slots=True)
@@ -75,9 +75,19 @@ class ManagedDirectory:
         return (st.st_dev, st.st_ino) == (self.dev, self.ino)
 
     def look(self) -> tuple[Snapshot, Plan]:
-        """A fresh scan and its plan; no change on disk."""
+        """A fresh scan and its plan; no change on disk.
+
+        The scan is shallow; the steps it would delete are then read in depth (`deepen`) and the
+        plan made again, which can only keep more. So a pass costs one listing per candidate,
+        not one per step.
+        """
         snapshot = scan(self.fd, self.path, self.options)
-        return snapshot, plan(snapshot, self.policy)
+        decided = plan(snapshot, self.policy)
+        if decided.doomed:
+            names = frozenset(d.entry.name for d in decided.doomed)
+            snapshot = deepen(self.fd, snapshot, names, self.options)
+            decided = plan(snapshot, self.policy)
+        return snapshot, decided
 
     def reconcile(self, stop: Callable[[], bool] | None = None, *,
                   sync: bool = True) -> PassResult:

@@ -7,6 +7,7 @@ never touched. Every decision the janitor makes comes from a fresh Snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -160,24 +161,54 @@ def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions,
 
 def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
                options: ScanOptions) -> Entry:
-    wanted = {*options.complete_markers, options.pin_file}
-    if options.receiver_ready:
-        wanted.add(protocol.RECEIVER_READY_MARKER)
-    # One listing of the step gives everything: its completion marker, pin and sentinel, and
-    # the children's times. Always the children, complete or not: a trainer that resumed from an
-    # older checkpoint may rewrite a shard of an existing complete step in place (open, truncate,
-    # write), which changes neither the directory nor its completion marker (invariant 4).
-    newest, found = _list_step(dir_fd, name, wanted)
-    changed = max(st.st_mtime_ns, st.st_ctime_ns, newest)
-    complete = any(marker in found and stat.S_ISREG(found[marker].st_mode)
-                   for marker in options.complete_markers)
-    pinned = options.pin_file in found
+    """A shallow look: the directory, its completion marker, pin and sentinel by name.
+
+    The children's times (a shard rewritten in place) are only read for deletion candidates,
+    by `deepen`: listing every step on every pass would make a pass cost grow with shard counts.
+    """
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    complete = False
+    for marker in options.complete_markers:
+        mst = _lstat_inside(dir_fd, name, marker)
+        if mst is not None and stat.S_ISREG(mst.st_mode):
+            complete = True
+            changed = max(changed, mst.st_mtime_ns, mst.st_ctime_ns)
+    pinned = _lstat_inside(dir_fd, name, options.pin_file) is not None
     ready_ns = None
     if options.receiver_ready:
-        rst = found.get(protocol.RECEIVER_READY_MARKER)
+        rst = _lstat_inside(dir_fd, name, protocol.RECEIVER_READY_MARKER)
         if rst is not None and stat.S_ISREG(rst.st_mode):
             ready_ns = rst.st_mtime_ns
-    return Entry(name, number, complete, pinned, changed, st.st_dev, st.st_ino, ready_ns)
+    entry = Entry(name, number, complete, pinned, changed, st.st_dev, st.st_ino, ready_ns)
+    if not complete:  # incomplete steps are few, and their children show a write in progress
+        entry = _deep(dir_fd, entry, options)
+    return entry
+
+
+def deepen(dir_fd: int, snapshot: Snapshot, names: frozenset[str],
+           options: ScanOptions) -> Snapshot:
+    """The snapshot with the named entries looked at in depth: one listing of each, so a shard
+    rewritten in place (open, truncate, write: neither the directory's times nor the marker's
+    change) moves the step's change time forward (invariant 4). Only ever keeps more."""
+    entries: list[Entry] = []
+    foreign = list(snapshot.foreign)
+    for entry in snapshot.entries:
+        if entry.name not in names or entry.number is None:
+            entries.append(entry)
+            continue
+        try:
+            entries.append(_deep(dir_fd, entry, options))
+        except PermissionError:
+            # Unsure what it holds: never a candidate for deletion, as in the shallow scan.
+            foreign.append(Foreign(entry.name, "unreadable (permission denied)"))
+    return dataclasses.replace(snapshot, entries=tuple(entries), foreign=tuple(foreign))
+
+
+def _deep(dir_fd: int, entry: Entry, options: ScanOptions) -> Entry:
+    wanted = {*options.complete_markers, options.pin_file}
+    newest, found = _list_step(dir_fd, entry.name, wanted)
+    pinned = entry.pinned or options.pin_file in found
+    return dataclasses.replace(entry, changed_ns=max(entry.changed_ns, newest), pinned=pinned)
 
 
 def _list_step(dir_fd: int, name: str,
