@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from janitor.protocol import printable
 from janitor.scan import Entry, Snapshot
 
 
@@ -139,7 +140,7 @@ def _marker_progress(snapshot: Snapshot) -> Progress:
     bad = [c for c in snapshot.consumers if c.problem is not None]
     if bad:
         first = bad[0]
-        return Progress(None, None, f"{first.filename}: {first.problem}")
+        return Progress(None, None, f"{printable(first.filename)}: {first.problem}")
     loaded = min(c.step for c in snapshot.consumers if c.step is not None)
     marker_ns = min(c.mtime_ns for c in snapshot.consumers)
     return Progress(loaded, marker_ns, None)

@@ -71,7 +71,7 @@ def _progress_text(report: DirectoryReport) -> str:
     if plan.progress.problem is not None:
         parts.append(f"no valid progress marker ({plan.progress.problem})")
     elif plan.progress.loaded_step is not None:
-        markers = ", ".join(f"{c.filename}={c.step}" for c in snap.consumers)
+        markers = ", ".join(f"{protocol.printable(c.filename)}={c.step}" for c in snap.consumers)
         parts.append(f"loaded step {plan.progress.loaded_step} ({markers or 'sentinels'})")
     else:
         parts.append("not gated")
@@ -91,7 +91,8 @@ def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
         "loaded_step": plan.progress.loaded_step,
         "progress_problem": plan.progress.problem,
         "newest_complete": plan.newest_complete,
-        "consumers": [{"file": c.filename, "consumer": c.name, "step": c.step,
+        "consumers": [{"file": protocol.printable(c.filename),
+                       "consumer": protocol.printable(c.name), "step": c.step,
                        "problem": c.problem} for c in snap.consumers],
         "decisions": [{"name": protocol.printable(d.entry.name), "step": d.entry.number,
                        "action": d.action, "reason": d.reason.value,
