@@ -576,3 +576,27 @@ def test_audit_log_records_hostile_names_readably(tmp_path: Path) -> None:
     log.close()
     assert run_janitor("sweep", "--audit-log", tmp_path / "audit.jsonl", tree).code == 3
     assert [r["name"] for r in read_audit(tmp_path / "audit.jsonl")] == ["step_1", "step_2"]
+
+
+def test_consumer_marker_names_with_newlines_and_invalid_utf8_are_reported_printable(
+        tmp_path: Path) -> None:
+    """A consumer's marker name is the user's: it counts (a valid marker) or halts the directory
+    (a bad one), and every line that names it stays one printable line."""
+    tree = build(tmp_path / "tree", range(1, 6))
+    raw = os.fsencode(tree)
+    publish_marker(tree, 4)
+    with open(os.path.join(raw, b"LOADED_STEP.ev\nil"), "wb") as handle:
+        handle.write(b"3\n")
+    text = run_janitor("sweep", "--dry-run", tree)
+    assert text.code == 3
+    assert all(line.isprintable() for line in text.stdout.splitlines()), text.stdout
+    assert "LOADED_STEP.ev\\nil=3" in text.stdout  # it counts: the effective loaded step is 3
+    assert "step_2  would-delete" in text.stdout and "step_3  keep" in text.stdout
+
+    with open(os.path.join(raw, b"LOADED_STEP.up\xffload\n"), "wb") as handle:
+        handle.write(b"not a number")
+    halted = run_janitor("sweep", "--dry-run", tree)
+    assert halted.code == 4
+    assert len(halted.stderr.splitlines()) == 1, halted.stderr
+    assert protocol.printable(os.fsdecode(b"LOADED_STEP.up\xffload\n")) in halted.stderr
+    assert all(line.isprintable() for line in halted.stdout.splitlines()), halted.stdout
