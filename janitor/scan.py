@@ -161,10 +161,11 @@ def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions,
 
 def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
                options: ScanOptions) -> Entry:
-    """A shallow look: the directory, its completion marker, pin and sentinel by name.
+    """A shallow look: the directory, its completion marker and sentinel by name.
 
-    The children's times (a shard rewritten in place) are only read for deletion candidates,
-    by `deepen`: listing every step on every pass would make a pass cost grow with shard counts.
+    The pin file and the children's times (a shard rewritten in place) matter only for a step
+    the plan would delete, so `deepen` reads them for those alone: a pass over 100,000 steps
+    costs two stats a step, not a listing.
     """
     changed = max(st.st_mtime_ns, st.st_ctime_ns)
     complete = False
@@ -173,13 +174,12 @@ def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
         if mst is not None and stat.S_ISREG(mst.st_mode):
             complete = True
             changed = max(changed, mst.st_mtime_ns, mst.st_ctime_ns)
-    pinned = _lstat_inside(dir_fd, name, options.pin_file) is not None
     ready_ns = None
     if options.receiver_ready:
         rst = _lstat_inside(dir_fd, name, protocol.RECEIVER_READY_MARKER)
         if rst is not None and stat.S_ISREG(rst.st_mode):
             ready_ns = rst.st_mtime_ns
-    entry = Entry(name, number, complete, pinned, changed, st.st_dev, st.st_ino, ready_ns)
+    entry = Entry(name, number, complete, False, changed, st.st_dev, st.st_ino, ready_ns)
     if not complete:  # incomplete steps are few, and their children show a write in progress
         entry = _deep(dir_fd, entry, options)
     return entry
@@ -187,9 +187,10 @@ def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
 
 def deepen(dir_fd: int, snapshot: Snapshot, names: frozenset[str],
            options: ScanOptions) -> Snapshot:
-    """The snapshot with the named entries looked at in depth: one listing of each, so a shard
-    rewritten in place (open, truncate, write: neither the directory's times nor the marker's
-    change) moves the step's change time forward (invariant 4). Only ever keeps more."""
+    """The snapshot with the named entries looked at in depth: one listing of each finds the pin
+    file, and a shard rewritten in place (open, truncate, write: neither the directory's times
+    nor the marker's change) moves the step's change time forward (invariant 4). Re-planning a
+    deepened snapshot only ever keeps more."""
     entries: list[Entry] = []
     foreign = list(snapshot.foreign)
     for entry in snapshot.entries:
@@ -207,8 +208,8 @@ def deepen(dir_fd: int, snapshot: Snapshot, names: frozenset[str],
 def _deep(dir_fd: int, entry: Entry, options: ScanOptions) -> Entry:
     wanted = {*options.complete_markers, options.pin_file}
     newest, found = _list_step(dir_fd, entry.name, wanted)
-    pinned = entry.pinned or options.pin_file in found
-    return dataclasses.replace(entry, changed_ns=max(entry.changed_ns, newest), pinned=pinned)
+    return Entry(entry.name, entry.number, entry.complete, options.pin_file in found,
+                 max(entry.changed_ns, newest), entry.dev, entry.ino, entry.receiver_ready_ns)
 
 
 def _list_step(dir_fd: int, name: str,

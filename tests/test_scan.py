@@ -13,7 +13,7 @@ import pytest
 from janitor_helpers import NOBODY, can_drop_privileges, make_step, write_marker
 
 from janitor import protocol
-from janitor.scan import ScanOptions, Snapshot, open_directory, scan
+from janitor.scan import ScanOptions, Snapshot, deepen, open_directory, scan
 
 
 def do_scan(path: Path, options: ScanOptions | None = None, timeout_s: float = 10.0) -> Snapshot:
@@ -54,9 +54,16 @@ def test_steps_completeness_and_pins(tmp_path: Path) -> None:
     (link_marker / protocol.DEFAULT_COMPLETE_MARKER).symlink_to(pinned / "shard-00000.bin")
     make_step(tmp_path, 6, complete=True, marker=".finished")
     snap = do_scan(tmp_path)
-    assert [(e.number, e.complete, e.pinned) for e in snap.steps] == [
-        (1, True, False), (2, False, False), (3, True, True), (4, False, False),
-        (5, False, False), (6, False, False)]
+    # The shallow scan reads no pin; deepen (run for the steps a plan would delete) reads them.
+    assert [(e.number, e.complete) for e in snap.steps] == [
+        (1, True), (2, False), (3, True), (4, False), (5, False), (6, False)]
+    fd = open_directory(str(tmp_path))
+    try:
+        deep = deepen(fd, snap, frozenset(e.name for e in snap.steps), ScanOptions())
+    finally:
+        os.close(fd)
+    assert [(e.number, e.pinned) for e in deep.steps] == [
+        (1, False), (2, False), (3, True), (4, False), (5, False), (6, False)]
     snap = do_scan(tmp_path, ScanOptions(complete_markers=("STABLE", ".finished")))
     assert [e.number for e in snap.steps if e.complete] == [1, 3, 6]
     assert all(e.dev == snap.dev for e in snap.steps)
