@@ -63,6 +63,7 @@ class DaemonConfig:
     once: bool = False
     exit_with_pid: int | None = None
     audit: AuditLog | None = None
+    reclaim_workers: int = 1
 
 
 @dataclass(slots=True)
@@ -101,7 +102,8 @@ class Daemon:
         self._last_pass_ms = 0.0
         self.reclaimer = Reclaimer(self._on_deleted,
                                    self.metrics.set_trash_pending_bytes
-                                   if config.metrics_addr else None)
+                                   if config.metrics_addr else None,
+                                   workers=config.reclaim_workers)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -131,11 +131,11 @@ class ManagedDirectory:
             self._trash_fd = reaper.open_trash(self.fd, self.dev, create=create)
         return self._trash_fd
 
-    def reclaim(self, names: list[str] | None = None) -> reaper.ReclaimStats:
+    def reclaim(self, names: list[str] | None = None, workers: int = 1) -> reaper.ReclaimStats:
         """Free the bytes of what is in the trash (leftovers of a killed run included)."""
         if self.dry_run:
             return reaper.ReclaimStats()
         trash_fd = self.trash_fd(create=False)
         if trash_fd is None:
             return reaper.ReclaimStats()
-        return reaper.reclaim(trash_fd, names)
+        return reaper.reclaim(trash_fd, names, workers=workers)

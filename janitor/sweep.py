@@ -29,6 +29,7 @@ class SweepRequest:
     dry_run: bool
     max_depth: int
     audit: AuditLog | None = None
+    reclaim_workers: int = 1
 
 
 def sweep(request: SweepRequest, problem: Callable[[str], None],
@@ -62,11 +63,11 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     try:
         with ManagedDirectory(path, dry_run=request.dry_run, policy=request.policy,
                               options=request.options, audit=request.audit) as directory:
-            report.leftover = directory.reclaim()
+            report.leftover = directory.reclaim(workers=request.reclaim_workers)
             result = directory.reconcile()
             report.result = result
             for trashed in result.trashed:
-                stats = directory.reclaim([trashed.trash_name])
+                stats = directory.reclaim([trashed.trash_name], workers=request.reclaim_workers)
                 report.sizes[trashed.entry.name] = stats.bytes
                 report.reclaimed.add(stats)
             for entry in result.snapshot.entries:
