@@ -30,7 +30,7 @@ from janitor.managed import ManagedDirectory, PassResult
 from janitor.metrics import Metrics
 from janitor.notify import Notifier
 from janitor.paths import check_root, discover
-from janitor.policy import Policy
+from janitor.policy import Plan, Policy
 from janitor.reclaimer import Item, Reclaimer
 from janitor.scan import ScanOptions
 from janitor.watch import InotifyWatcher, Signature, signature
@@ -38,6 +38,7 @@ from janitor.watch import InotifyWatcher, Signature, signature
 log = structlog.get_logger("janitor")
 
 WatchMode = Literal["auto", "inotify", "poll"]
+WOULD_DELETE_EVENTS = 200
 HANG_SWITCH_ENV = "JANITOR_TEST_HANG_FILE"  # test-only: a hung loop, to prove the watchdog works
 
 
@@ -468,9 +469,20 @@ class Daemon:
         for trashed in result.trashed:
             self.metrics.deleted(_reason(result, trashed))
         if self.config.dry_run:
-            for decision in plan.doomed:
-                _say_once(state, f"would:{decision.entry.name}", "would_delete", directory=path,
-                          step=decision.entry.number, reason=decision.reason.value)
+            self._log_would_delete(path, state, plan)
+
+    def _log_would_delete(self, path: str, state: _Dir, plan: Plan) -> None:
+        """One `would_delete` event per newly doomed step, at most WOULD_DELETE_EVENTS a pass
+        (a first dry run over 100,000 steps must not spend its time logging), then a count."""
+        new = [d for d in plan.doomed if f"would:{d.entry.name}" not in state.said]
+        for decision in new[:WOULD_DELETE_EVENTS]:
+            _say_once(state, f"would:{decision.entry.name}", "would_delete", directory=path,
+                      step=decision.entry.number, reason=decision.reason.value)
+        if len(new) > WOULD_DELETE_EVENTS:
+            rest = new[WOULD_DELETE_EVENTS:]
+            state.said.update(f"would:{d.entry.name}" for d in rest)
+            log.warning("would_delete_more", directory=path, steps=len(rest),
+                        first=rest[0].entry.number, last=rest[-1].entry.number)
 
     def _reclaim_leftovers(self) -> None:
         if self.config.dry_run:
