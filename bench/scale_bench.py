@@ -91,8 +91,8 @@ def timed(fn: Callable[[], object], reps: int, cpu: list[float] | None = None) -
     return samples
 
 
-def one_pass(managed: Path, *, dry_run: bool) -> int:
-    policy = Policy()
+def one_pass(managed: Path, *, dry_run: bool, policy: Policy | None = None) -> int:
+    policy = policy or Policy()
     with ManagedDirectory(str(managed), dry_run=dry_run, policy=policy,
                           options=ScanOptions()) as directory:
         result = directory.reconcile()
@@ -168,7 +168,11 @@ def measure_size(base: Path, steps: int, reps: int) -> dict[str, Any]:
     for key, fn in (("listdir", lambda: os.listdir(managed)),
                     ("find", lambda: subprocess.run(find_cmd, stdout=subprocess.DEVNULL,
                                                     check=True)),
-                    ("dry_run_pass", lambda: one_pass(managed, dry_run=True))):
+                    ("dry_run_pass", lambda: one_pass(managed, dry_run=True)),
+                    # The pass a daemon repeats on a large retained tree: every step kept
+                    # (interval_to_keep=1), so no deletion candidate is read in depth.
+                    ("steady_pass", lambda: one_pass(managed, dry_run=True,
+                                                     policy=Policy(interval_to_keep=1)))):
         cpu: list[float] = []
         result[f"{key}_s"] = timed(fn, reps, cpu)
         result[f"{key}_cpu_s"] = cpu
@@ -191,10 +195,11 @@ def measure_size(base: Path, steps: int, reps: int) -> dict[str, Any]:
     result["real_pass_s"] = real
     result["real_pass_cpu_s"] = real_cpu
     remove_tree(managed.parent)
-    for key in ("listdir", "find", "dry_run_pass", "real_pass"):
+    for key in ("listdir", "find", "dry_run_pass", "steady_pass", "real_pass"):
         result[f"{key}_median_s"] = statistics.median(result[f"{key}_s"])
         result[f"{key}_cpu_median_s"] = statistics.median(result[f"{key}_cpu_s"])
-    print(f"  {steps}: dry-run {result['dry_run_pass_median_s'] * 1e3:.1f} ms "
+    print(f"  {steps}: steady {result['steady_pass_median_s'] * 1e3:.1f} ms, "
+          f"dry-run {result['dry_run_pass_median_s'] * 1e3:.1f} ms "
           f"(cpu {result['dry_run_pass_cpu_median_s'] * 1e3:.1f} ms), real "
           f"{result['real_pass_median_s'] * 1e3:.1f} ms, listdir "
           f"{result['listdir_median_s'] * 1e3:.2f} ms, find {result['find_median_s'] * 1e3:.1f} "
