@@ -259,7 +259,7 @@ def _die_at(op: str, nth: int) -> None:
 
 
 JanitorModel.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=60, deadline=None, database=None,
+    max_examples=200, stateful_step_count=60, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestJanitorModel = JanitorModel.TestCase
 
