@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import count
@@ -248,16 +249,22 @@ def remove_entry(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> No
         _unlink(parent_fd, name, st, stats)
 
 
-def _unlink(dir_fd: int, name: str, st: os.stat_result, stats: ReclaimStats) -> None:
+def _attempt(remove: Callable[..., None], name: str, dir_fd: int, stats: ReclaimStats) -> bool:
+    """One unlink or rmdir of `name`: True if it happened; gone already is done, a failure noted."""
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        remove(name, dir_fd=dir_fd)
     except FileNotFoundError:
-        return
+        return False
     except OSError as exc:
         _note_failure(stats, name, exc)
-        return
-    stats.bytes += freed_by(st)
-    stats.files += 1
+        return False
+    return True
+
+
+def _unlink(dir_fd: int, name: str, st: os.stat_result, stats: ReclaimStats) -> None:
+    if _attempt(os.unlink, name, dir_fd, stats):
+        stats.bytes += freed_by(st)
+        stats.files += 1
 
 
 def _note_failure(stats: ReclaimStats, name: str, exc: OSError) -> None:
@@ -298,15 +305,9 @@ def _remove_directory(fd: int, parent_fd: int, name: str, stats: ReclaimStats) -
     """Close the emptied directory `fd` and rmdir it (`name` under `parent_fd`)."""
     st = os.fstat(fd)
     os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=parent_fd)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        _note_failure(stats, name, exc)
-        return
-    stats.bytes += freed_by(st)
-    stats.directories += 1
+    if _attempt(os.rmdir, name, parent_fd, stats):
+        stats.bytes += freed_by(st)
+        stats.directories += 1
 
 
 def _open_child_dir(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> int | None:

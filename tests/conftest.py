@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from daemon_helpers import Janitor, Spawn
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,3 +82,18 @@ def scratch_fs(tmp_path: Path) -> Iterator[Path]:
     finally:
         if done.returncode == 0:
             subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start real `janitor run` daemons; every one still running is stopped at teardown."""
+    started: list[Janitor] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Janitor:
+        daemon = Janitor(list(args), env=env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()

@@ -234,6 +234,11 @@ class Janitor:
             self.proc.stderr.close()
 
 
+
+# The `spawn` fixture (conftest.py): start a daemon; it is closed at teardown.
+Spawn = Callable[..., Janitor]
+
+
 def parse_metric(body: str, name: str, labels: dict[str, str] | None = None) -> float | None:
     want = ",".join(f'{k}="{v}"' for k, v in sorted((labels or {}).items()))
     for line in body.splitlines():

@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from daemon_helpers import (
     Janitor,
     NotifySocket,
+    Spawn,
     janitor_argv,
     make_steps,
     parse_metric,
@@ -29,22 +29,6 @@ from daemon_helpers import (
     wait_until,
     write_marker_in_place,
 )
-
-Spawn = Callable[..., Janitor]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    started: list[Janitor] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Janitor:
-        daemon = Janitor(list(args), env=env)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.close()
 
 
 @pytest.fixture

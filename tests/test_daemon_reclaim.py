@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Janitor, make_steps, publish_marker, step_numbers, wait_until
+from daemon_helpers import (
+    Spawn,
+    make_steps,
+    publish_marker,
+    step_numbers,
+    wait_until,
+)
 
-Spawn = Callable[..., Janitor]
 BIG_FILES = 30_000
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    started: list[Janitor] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Janitor:
-        daemon = Janitor(list(args), env=env)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.close()
 
 
 def _big_tree(tmp_path: Path) -> tuple[Path, Path]:

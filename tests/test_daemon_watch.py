@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from daemon_helpers import (
-    Janitor,
+    Spawn,
     inotify_instances,
     inotify_watches,
     make_steps,
@@ -24,23 +23,8 @@ from daemon_helpers import (
     write_marker_in_place,
 )
 
-Spawn = Callable[..., Janitor]
 SLOW_TIMER = ("--rescan-interval", "60")
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    started: list[Janitor] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Janitor:
-        daemon = Janitor(list(args), env=env)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.close()
 
 
 def _can_write_sysctl() -> bool:

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import stat
+from pathlib import Path
 
 # O_NOFOLLOW: an entry inside a managed directory is never followed (DESIGN invariant 6).
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,6 +40,15 @@ def open_entry_dir(name: str, parent_fd: int, where: str) -> int:
                 f"{where} is not a real directory (a symlink or a file); "
                 "trainer_hooks never follows symlinks") from None
         raise
+
+
+def open_step_dir(root: Path, step_dir: str) -> int:
+    """Open the real directory `root/step_dir` (never through a symlink) and return its fd."""
+    parent_fd = open_directory(root)
+    try:
+        return open_entry_dir(step_dir, parent_fd, f"{root / step_dir}")
+    finally:
+        os.close(parent_fd)
 
 
 def is_regular_file(name: str, dir_fd: int) -> bool:

@@ -86,11 +86,7 @@ def load_step(directory: str | os.PathLike[str], step: int, filename: str = "mod
     marker = None if complete_marker is None else check_file_name(complete_marker,
                                                                    "complete_marker")
     step_dir = protocol.step_name(number)
-    parent_fd = _fs.open_directory(root)
-    try:
-        step_fd = _fs.open_entry_dir(step_dir, parent_fd, f"{root / step_dir}")
-    finally:
-        os.close(parent_fd)
+    step_fd = _fs.open_step_dir(root, step_dir)
     try:
         if marker is not None and not _fs.is_regular_file(marker, step_fd):
             raise FileNotFoundError(f"{root / step_dir} is not complete: it has no {marker!r} "

@@ -58,11 +58,7 @@ def mark_receiver_ready(directory: str | os.PathLike[str], step: int) -> Path:
     root = check_directory(directory)
     number = check_step(step)
     step_dir = protocol.step_name(number)
-    parent_fd = _fs.open_directory(root)
-    try:
-        step_fd = _fs.open_entry_dir(step_dir, parent_fd, f"{root / step_dir}")
-    finally:
-        os.close(parent_fd)
+    step_fd = _fs.open_step_dir(root, step_dir)
     try:
         fd = os.open(protocol.RECEIVER_READY_MARKER,
                      os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
