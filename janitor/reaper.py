@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from janitor import protocol
-from janitor.mounts import mount_points_under
+from janitor.mounts import mount_points, mount_points_under
 from janitor.scan import Entry, newest_child_ns
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -181,7 +181,8 @@ def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) 
         raise ValueError(f"workers must be >= 1, got {workers}")
     dev = os.fstat(trash_fd).st_dev
     stats = ReclaimStats()
-    todo = trash_entries(trash_fd) if names is None else names
+    wanted = trash_entries(trash_fd) if names is None else names
+    todo = _without_mounts(trash_fd, wanted, stats)
     if workers == 1:
         for name in todo:
             remove_entry(trash_fd, name, dev, stats)
@@ -189,10 +190,32 @@ def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) 
         with ThreadPoolExecutor(workers, thread_name_prefix="janitor-reclaim") as pool:
             for name in todo:
                 _remove_entry_parallel(pool, trash_fd, name, dev, stats)
-    for name in todo:
+    for name in wanted:
         if _exists(trash_fd, name):
             stats.pending.append(protocol.printable(name))
     return stats
+
+
+def _without_mounts(trash_fd: int, names: list[str], stats: ReclaimStats) -> list[str]:
+    """The entries with no mount point inside. The walk never crosses into another filesystem
+    (st_dev), but a bind mount of the same filesystem made inside a step after it was trashed
+    would look like a plain directory: the kernel's mount table is the only way to tell."""
+    try:
+        trash_path = os.readlink(f"/proc/self/fd/{trash_fd}")
+    except OSError:
+        return names  # no /proc: the st_dev check still keeps other filesystems out
+    points = mount_points()
+    if not any(point.startswith(os.path.join(trash_path, "")) for point in points):
+        return names
+    kept = []
+    for name in names:
+        inside = mount_points_under(os.path.join(trash_path, name), points)
+        if inside:
+            stats.problems.append(f"{protocol.printable(name)}: holds a mount point "
+                                  f"({protocol.printable(inside[0])}); unmount it first")
+        else:
+            kept.append(name)
+    return kept
 
 
 def _remove_entry_parallel(pool: ThreadPoolExecutor, parent_fd: int, name: str, dev: int,
