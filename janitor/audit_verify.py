@@ -19,7 +19,8 @@ from janitor.protocol import Invalid
 @dataclass(slots=True)
 class Verdict:
     records: int = 0
-    deletions: int = 0
+    deletions: int = 0  # delete decisions checked (each one licensed, whether or not it happened)
+    skipped: int = 0  # of those, moves that did not happen (the step stayed whole)
     violations: list[str] = field(default_factory=list)
 
 
@@ -75,6 +76,9 @@ def verify(path: Path) -> Verdict:
         verdict.records += 1
         if record is None:
             verdict.violations.append(f"{file}:{line}: not a JSON record (torn or edited line)")
+            continue
+        if record.get("event") == "skipped":
+            verdict.skipped += 1
             continue
         if record.get("event") != "delete":
             continue

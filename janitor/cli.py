@@ -301,6 +301,8 @@ def audit_verify(log_path: str) -> None:
     verdict = verify(Path(log_path))
     for line in verdict.violations:
         click.echo(f"violation: {line}")
+    not_done = (f"; {verdict.skipped} of the deletions were not carried out (step left whole)"
+                if verdict.skipped else "")
     click.echo(f"{verdict.records} records, {verdict.deletions} deletions checked, "
-               f"{len(verdict.violations)} violations")
+               f"{len(verdict.violations)} violations{not_done}")
     sys.exit(1 if verdict.violations else 0)

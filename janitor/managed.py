@@ -6,11 +6,12 @@ as the real run does and then stops: no lock, no trash directory, no rename.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from janitor import lock, mounts, reaper
+from janitor import lock, mounts, protocol, reaper
 from janitor.audit import AuditLog, deletion_record
 from janitor.policy import Plan, Policy, plan
 from janitor.scan import ScanOptions, Snapshot, deepen, open_directory, scan
@@ -120,9 +121,20 @@ class ManagedDirectory:
                 result.trashed.append(outcome)
             else:
                 result.skipped.append(outcome)
+                self._audit_skip(snapshot, outcome)
         if result.trashed and sync:
             reaper.sync_directories(self.fd, trash_fd)
         return result
+
+    def _audit_skip(self, snapshot: Snapshot, skipped: reaper.Skipped) -> None:
+        """The delete record above was an intent: say it did not happen (best effort; the step
+        is whole either way, and `audit verify` counts it as not deleted)."""
+        if self.audit is None:
+            return
+        with contextlib.suppress(OSError):
+            self.audit.append({"event": "skipped", "directory": os.path.abspath(snapshot.path),
+                               "name": protocol.printable(skipped.entry.name),
+                               "step": skipped.entry.number, "why": skipped.why})
 
     def trash_fd(self, *, create: bool) -> int | None:
         """The open trash directory (created on first need unless dry_run)."""
