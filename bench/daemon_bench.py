@@ -153,7 +153,8 @@ def measure_publishes(managed: Path, newest: int, publishes: int) -> dict[str, A
                 latencies.append(gone - started)
     finally:
         watch.close()
-    result: dict[str, Any] = {"missed": missed}
+    result: dict[str, Any] = {"missed": missed,
+                              "samples_ms": [round(v * 1000, 3) for v in latencies]}
     if latencies:
         result.update({k: v * 1000 if k != "n" else v for k, v in summary(latencies).items()})
     return result
@@ -368,9 +369,13 @@ def table(results: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="50 publishes, 15 s idle, 5 starts")
+    parser.add_argument("--publishes", type=int, default=None,
+                        help="publishes per latency mode (default 500; 50 with --quick)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "daemon_bench.json"))
     options = parser.parse_args()
-    publishes, idle_s, runs = (50, 15.0, 5) if options.quick else (200, 60.0, 10)
+    publishes, idle_s, runs = (50, 15.0, 5) if options.quick else (500, 60.0, 10)
+    if options.publishes is not None:
+        publishes = options.publishes
     run: Callable[[str], None] = lambda what: print(f"... {what}", file=sys.stderr)  # noqa: E731
     results: dict[str, Any] = {"machine": machine(), "quick": options.quick,
                                "poll_interval_s": POLL_INTERVAL_S, "latency": {}}
