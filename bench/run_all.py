@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ def load(out: Path) -> dict[str, Any]:
         path = out / f"{bench.name}.json"
         if path.exists():
             data[bench.name] = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data[bench.name], dict):  # when it was measured, for the document
+                written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                data[bench.name]["_written_utc"] = written.strftime("%H:%M")
     return data
 
 
@@ -431,7 +435,10 @@ def document(data: dict[str, Any], status: dict[str, dict[str, Any]], images: di
         "(a virtio disk; see the notes on its metadata speed). "
         "The machine was shared with other engineers' test runs: load average "
         f"{', '.join(f'{x:.1f}' for x in host.get('loadavg_at_start', []))} at the start. "
-        "Figures are medians over repetitions unless marked otherwise.",
+        "Figures are medians over repetitions unless marked otherwise. Each benchmark finished at "
+        + ", ".join(f"{name} {part['_written_utc']}" for name, part in data.items()
+                    if isinstance(part, dict) and "_written_utc" in part)
+        + " UTC that day.",
         "",
         "## Summary",
         "",
