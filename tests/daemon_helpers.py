@@ -140,11 +140,14 @@ class Janitor:
     """A `janitor run` child process whose stderr is parsed as JSON lines by a reader thread."""
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
-                 command: str = "run") -> None:
+                 command: str = "run", base_env: dict[str, str] | None = None,
+                 cwd: Path = REPO) -> None:
+        """`env` is added to `base_env` (default: this process's environment)."""
         self.started_at = time.monotonic()
+        base = dict(os.environ) if base_env is None else base_env
         self.proc = subprocess.Popen([*janitor_argv(), command, *args], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env={**os.environ, **(env or {})}, cwd=REPO)
+                                     env={**base, **(env or {})}, cwd=cwd)
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
         self.not_json: list[str] = []

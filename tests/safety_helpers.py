@@ -9,6 +9,7 @@ Nothing here sleeps to synchronise: every wait polls a condition with a deadline
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import Janitor
 
 from janitor import protocol
 
@@ -220,54 +222,16 @@ def run_janitor(*args: str | Path, as_nobody: bool = False, timeout_s: float = 1
                done.stderr.decode("utf-8", "replace"))
 
 
-class Daemon:
-    """A `janitor run` process; its JSON log lines are parsed on a reader thread."""
+class Daemon(Janitor):
+    """A `janitor run` process (daemon_helpers.Janitor) without the test's own JANITOR_*
+    variables; stop() returns the exit code alone."""
 
     def __init__(self, args: list[str | Path], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([JANITOR, "run", "--log-format", "json",
-                                      *(str(a) for a in args)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=clean_env(env), cwd="/")
-        self.events: list[dict[str, Any]] = []
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self._cond:
-                self.lines.append(line)
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if isinstance(event, dict):
-                        self.events.append(event)
-                self._cond.notify_all()
-
-    def named(self, name: str, **match: Any) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e for e in self.events if e.get("event") == name
-                    and all(e.get(k) == v for k, v in match.items())]
+        super().__init__(["--log-format", "json", *(str(a) for a in args)],
+                         base_env=clean_env(env), cwd=Path("/"))
 
     def wait_event(self, name: str, timeout_s: float = 20.0, **match: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                found = [e for e in self.events if e.get("event") == name
-                         and all(e.get(k) == v for k, v in match.items())]
-                if found:
-                    return found[0]
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no {name} {match} event within {timeout_s} s; log:\n"
-                                         + "\n".join(self.lines[-30:]))
-                self._cond.wait(min(left, 0.1))
+        return super().wait_event(name, timeout_s, **match)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -275,17 +239,12 @@ class Daemon:
         self.proc.wait(30)
         self._reader.join(5)
 
-    def stop(self, timeout_s: float = 30.0) -> int:
+    def stop(self, timeout_s: float = 30.0) -> int:  # type: ignore[override]
         if self.proc.poll() is None:
             self.proc.terminate()
         code = self.proc.wait(timeout_s)
         self._reader.join(5)
         return code
-
-    def close(self) -> None:
-        self.kill()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 def read_audit(path: Path) -> list[dict[str, Any]]:
@@ -356,3 +315,13 @@ def shared_dir(prefix: str) -> Iterator[Path]:
     finally:
         subprocess.run(["chmod", "-R", "u+rwx", str(path)], capture_output=True, check=False)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def load_bench(name: str) -> Any:
+    """Import bench/<name>.py (bench/ is no package) so a test can run its harness in-process."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -5,31 +5,20 @@ and the trash must be empty after the restart. bench/faults.py runs 300."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from safety_helpers import load_bench
 
-REPO = Path(__file__).resolve().parent.parent
 KILLS = 32
 SEED = 20261125
-
-
-def _load_faults() -> object:
-    spec = importlib.util.spec_from_file_location("bench_faults", REPO / "bench" / "faults.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 @pytest.mark.torch
 def test_kill_points(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
     pytest.importorskip("torch")
-    faults = _load_faults()
+    faults = load_bench("faults")
     outcomes = faults.run_all(tmp_path, KILLS, SEED)  # type: ignore[attr-defined]
     print(faults.table(outcomes))  # type: ignore[attr-defined]
     total = sum(o.kills for o in outcomes)

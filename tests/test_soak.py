@@ -3,31 +3,20 @@ stalling consumers and the daemon; no invariant violation, no failed load, flat 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from safety_helpers import load_bench
 
-REPO = Path(__file__).resolve().parent.parent
 # Open fds of the daemon may move by a few (a reclaim job's dup'ed trash fd, an inotify read in
 # flight), never grow with the number of steps.
 FD_SLACK = 6
 
 
-def _load_soak() -> object:
-    spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_soak_one_minute(record_property: pytest.RecordProperty) -> None:
-    soak = _load_soak()
+    soak = load_bench("soak")
     parent = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="janitor-soak-", dir=parent) as base:
         figures = soak.soak(1.0, Path(base))  # type: ignore[attr-defined]
