@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from janitor_helpers import wait_until
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 _SCRIPT = Path(sys.executable).with_name("janitor")
@@ -33,19 +35,6 @@ def janitor_argv() -> list[str]:
     if _SCRIPT.exists():
         return [str(_SCRIPT)]
     return [sys.executable, "-m", "janitor"]
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str,
-               interval_s: float = 0.005) -> Any:
-    """Poll `condition` until it returns something truthy; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 # ---- trees -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from janitor import protocol
 
@@ -25,14 +26,18 @@ NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 RUN_TIMEOUT_S = 60.0
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `condition` until it holds; fail with `what` after `timeout_s` (never a bare sleep)."""
+def wait_until(condition: Callable[[], Any], timeout_s: float, what: str,
+               interval_s: float = 0.005) -> Any:
+    """Poll `condition` until it returns something truthy, and return that; fail with `what`
+    after `timeout_s`. The one way the tests wait (never a bare sleep)."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while True:
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
-
+        time.sleep(interval_s)
 
 def make_step(directory: Path, number: int, *, complete: bool = True, files: int = 2,
               size: int = 64, marker: str = protocol.DEFAULT_COMPLETE_MARKER) -> Path:

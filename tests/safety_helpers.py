@@ -15,14 +15,14 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_helpers import Janitor
+from janitor_helpers import wait_until
 
 from janitor import protocol
 
@@ -31,19 +31,6 @@ REPO = HERE.parent
 JANITOR = str(Path(sys.executable).with_name("janitor"))
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 MANIFEST = "manifest.json"
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str,
-               interval_s: float = 0.005) -> Any:
-    """Poll `condition` until it is truthy; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 # ---- trees whose steps can be checked whole ----------------------------------------------------
