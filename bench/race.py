@@ -48,6 +48,7 @@ from typing import Any, TextIO
 from janitor import protocol
 from janitor.report import human_bytes
 from janitor.sizes import tree_size
+from trainer_hooks.demo import janitor_command, json_records
 
 CLEANERS = {"a": "inline-n2", "b": "inline-gated", "c": "janitor"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,13 +90,7 @@ class Events:
 
 
 def _follow(stream: TextIO, events: Events) -> None:
-    for line in stream:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
-            continue
+    for record in json_records(stream):
         with events.lock:
             event, role = record.get("event"), record.get("role")
             if role == "trainer" and event == "published":
@@ -111,12 +106,7 @@ def _follow(stream: TextIO, events: Events) -> None:
             elif event == "deleted":
                 events.janitor_deleted += 1
             elif record.get("level") in ("error", "critical"):
-                events.janitor_errors.append(line.strip()[:300])
-
-
-def _janitor() -> list[str]:
-    found = shutil.which("janitor", path=os.path.dirname(sys.executable))
-    return [found] if found else [sys.executable, "-m", "janitor"]
+                events.janitor_errors.append(json.dumps(record)[:300])
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[str]:
@@ -184,7 +174,7 @@ def run_one(cfg: Config, key: str, base: Path) -> dict[str, Any]:
     # Generous: the machine may be loaded; a step may take several times its nominal interval.
     deadline = started + 120 + cfg.steps * max(cfg.step_interval, 0.05) * 8
     if cleaner == "janitor":
-        procs["janitor"] = _spawn([*_janitor(), "run", str(root), "--log-format", "json",
+        procs["janitor"] = _spawn([*janitor_command(), "run", str(root), "--log-format", "json",
                                    "--interval-to-keep", str(cfg.interval_to_keep)])
     procs["trainer"] = _spawn([
         *me, "trainer", str(directory), "--seconds", "1e9", "--steps", str(cfg.steps),
@@ -229,7 +219,7 @@ def run_one(cfg: Config, key: str, base: Path) -> dict[str, Any]:
         if "janitor" in procs:
             procs["janitor"].send_signal(signal.SIGTERM)
             janitor_code = procs["janitor"].wait(timeout=60)
-            sweep = subprocess.run([*_janitor(), "sweep", str(directory), "--json",
+            sweep = subprocess.run([*janitor_command(), "sweep", str(directory), "--json",
                                     "--interval-to-keep", str(cfg.interval_to_keep)],
                                    capture_output=True, text=True, check=False, timeout=120)
             final_pass = {"exit_code": sweep.returncode,

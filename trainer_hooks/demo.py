@@ -291,12 +291,19 @@ class Progress:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _follow(stream: TextIO, progress: Progress) -> None:
+def json_records(stream: TextIO) -> Iterator[dict[str, Any]]:
+    """The JSON objects among a child's output lines (roles' reports, the janitor's log)."""
     for line in stream:
         try:
             record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict):
+            yield record
+
+
+def _follow(stream: TextIO, progress: Progress) -> None:
+    for record in json_records(stream):
         with progress.lock:
             _apply(record, progress)
 
@@ -326,7 +333,8 @@ def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
                             env=env)
 
 
-def _janitor_command() -> list[str]:
+def janitor_command() -> list[str]:
+    """How to start the `janitor` installed beside this Python."""
     found = shutil.which("janitor", path=os.path.dirname(sys.executable))
     return [found] if found else [sys.executable, "-m", "janitor"]
 
@@ -441,7 +449,7 @@ def orchestrate(args: argparse.Namespace) -> int:
           f"trainer: one step every 0.2 s for {args.seconds:g} s; consumer stalls now and then; "
           f"janitor keeps every multiple of {args.interval_to_keep}\n", flush=True)
     progress = Progress()
-    janitor = _spawn([*_janitor_command(), "run", str(base / "run"), "--log-format", "json",
+    janitor = _spawn([*janitor_command(), "run", str(base / "run"), "--log-format", "json",
                       "--interval-to-keep", str(args.interval_to_keep)])
     trainer = _spawn([*me, "trainer", str(directory), "--seconds", str(args.seconds),
                       "--seed", str(args.seed)])
@@ -474,7 +482,7 @@ def orchestrate(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace, base: Path, directory: Path, progress: Progress,
              peak: int, janitor_code: int) -> int:
-    plan = subprocess.run([*_janitor_command(), "sweep", str(directory), "--dry-run", "--json",
+    plan = subprocess.run([*janitor_command(), "sweep", str(directory), "--dry-run", "--json",
                            "--interval-to-keep", str(args.interval_to_keep)],
                           capture_output=True, text=True, check=False)
     decisions = json.loads(plan.stdout)["directories"][0]["decisions"] if plan.stdout else []
