@@ -47,7 +47,7 @@ from typing import Any, TextIO
 
 from janitor import protocol
 from janitor.report import human_bytes
-from janitor.sizes import tree_size
+from janitor.sizes import path_size
 from trainer_hooks.demo import janitor_command, json_records
 
 CLEANERS = {"a": "inline-n2", "b": "inline-gated", "c": "janitor"}
@@ -113,14 +113,6 @@ def _spawn(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _bytes_on_disk(directory: Path) -> int:
-    fd = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return tree_size(fd, directory.name)
-    finally:
-        os.close(fd)
-
-
 def _steps_on_disk(directory: Path) -> list[int]:
     numbers = (protocol.parse_step_name(name) for name in os.listdir(directory))
     return sorted(n for n in numbers if isinstance(n, int))
@@ -146,7 +138,7 @@ def _sample(directory: Path, interval: float, stop: threading.Event, out: dict[s
     """Peak bytes and steps on disk, at a fixed rate until stopped."""
     while not stop.wait(interval):
         try:
-            size, steps = _bytes_on_disk(directory), len(_steps_on_disk(directory))
+            size, steps = path_size(directory), len(_steps_on_disk(directory))
         except OSError:
             continue
         out["peak_bytes"] = max(out.get("peak_bytes", 0), size)
@@ -290,7 +282,7 @@ def _row(cfg: Config, key: str, directory: Path, events: Events, sampled: dict[s
         "samples": sampled.get("samples", 0),
         "final_loaded_step": loaded,
         "steps_on_disk_at_end": on_disk,
-        "bytes_on_disk_at_end": _bytes_on_disk(directory),
+        "bytes_on_disk_at_end": path_size(directory),
         "leaked_steps": [n for n in on_disk if not rule_keeps(n)],
     }
 

@@ -24,7 +24,6 @@ import gc
 import math
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _common import filesystem_of, janitor_command, machine, write_json
+from _common import filesystem_of, janitor_command, machine, stop_process, write_json
 
 from janitor.managed import ManagedDirectory
 from janitor.policy import Policy
@@ -136,12 +135,7 @@ def daemon_watches(root: Path, timeout_s: float) -> dict[str, Any]:
                 continue
         rss = psutil.Process(proc.pid).memory_info().rss
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     return {"start_to_ready_s": ready_s, "inotify_watches": watches, "daemon_rss_bytes": rss}
 
 

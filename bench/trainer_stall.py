@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _common import janitor_command, machine, scratch, summary, write_json
+from _common import janitor_command, machine, scratch, stop_process, summary, write_json
 
 VARIANTS = ("no cleanup", "untimed rmtree N-2", "inline rmtree N-2", "janitor run")
 # "untimed rmtree N-2" deletes like the inline variant but outside the timed part of the step:
@@ -64,15 +63,6 @@ def start_janitor(directory: Path, log: Path) -> subprocess.Popen[bytes]:
         time.sleep(0.02)  # polling a log file for readiness, not synchronising the measurement
     proc.kill()
     raise RuntimeError("janitor not ready within 30 s")
-
-
-def stop_janitor(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def run_round(variant: str, directory: Path, steps: int, model_parts: tuple[Any, ...],
@@ -114,7 +104,7 @@ def run_round(variant: str, directory: Path, steps: int, model_parts: tuple[Any,
             janitor_cpu_s = (cpu.user + cpu.system - cpu_at_ready) / steps
     finally:
         if janitor is not None:
-            stop_janitor(janitor)
+            stop_process(janitor)
     left = sum(1 for name in os.listdir(directory) if name.startswith("step_"))
     return times[WARMUP:], left, janitor_cpu_s
 

@@ -11,6 +11,19 @@ from janitor.reaper import freed_by
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def path_size(path: str | os.PathLike[str]) -> int:
+    """Bytes freed by removing the directory at `path` (0 if it does not exist)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return tree_size(fd, name)
+    finally:
+        os.close(fd)
+
+
 def tree_size(dir_fd: int, name: str) -> int:
     """Bytes freed by removing `name` (relative to `dir_fd`); 0 if it vanished."""
     try:

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from janitor import protocol
 from janitor.report import human_bytes
-from janitor.sizes import tree_size
+from janitor.sizes import path_size
 
 from .consume import load_step, wait_for_step_newer_than
 from .markers import mark_loaded
@@ -346,14 +346,6 @@ def _steps_on_disk(directory: Path) -> int:
         return 0
 
 
-def _bytes_on_disk(directory: Path) -> int:
-    fd = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return tree_size(fd, directory.name)
-    finally:
-        os.close(fd)
-
-
 def _live_lines(progress: Progress, directory: Path, started: float,
                 interactive: bool) -> Iterator[tuple[str, int]]:
     """Yield one progress line (and the bytes on disk) per tick until both roles are done."""
@@ -365,7 +357,7 @@ def _live_lines(progress: Progress, directory: Path, started: float,
             line = (f"t={time.monotonic() - started:5.1f}s  written {progress.written:4d}  "
                     f"loaded {progress.loaded:4d} (lag {progress.written - progress.loaded:3d})"
                     f"  stalls {progress.stalls:2d}  deleted {progress.deleted:4d}  ")
-        on_disk = _bytes_on_disk(directory)
+        on_disk = path_size(directory)
         line += f"on disk: {_steps_on_disk(directory):3d} steps, {human_bytes(on_disk):>10}"
         yield line, on_disk
         if done:
@@ -499,7 +491,7 @@ def _summary(args: argparse.Namespace, base: Path, directory: Path, progress: Pr
         print(f"    {failure}")
     print(f"  disk high-water mark {human_bytes(peak)}")
     print(f"  on disk at the end   {_steps_on_disk(directory)} steps, "
-          f"{human_bytes(_bytes_on_disk(directory))}")
+          f"{human_bytes(path_size(directory))}")
     for reason, steps in sorted(kept.items()):
         print(f"  kept ({reason}){' ' * max(1, 18 - len(reason))}{', '.join(steps)}")
     print(f"  janitor exit code    {janitor_code} (0 = clean stop on SIGTERM)")
