@@ -194,8 +194,11 @@ def deepen(dir_fd: int, snapshot: Snapshot, names: frozenset[str],
     entries: list[Entry] = []
     foreign = list(snapshot.foreign)
     for entry in snapshot.entries:
-        if entry.name not in names or entry.number is None:
+        if entry.name not in names:
             entries.append(entry)
+            continue
+        if entry.number is None:
+            entries.append(_deep_staging(dir_fd, entry, snapshot.scanned_ns))
             continue
         try:
             entries.append(_deep(dir_fd, entry, options))
@@ -203,6 +206,18 @@ def deepen(dir_fd: int, snapshot: Snapshot, names: frozenset[str],
             # Unsure what it holds: never a candidate for deletion, as in the shallow scan.
             foreign.append(Foreign(entry.name, "unreadable (permission denied)"))
     return dataclasses.replace(snapshot, entries=tuple(entries), foreign=tuple(foreign))
+
+
+def _deep_staging(dir_fd: int, entry: Entry, scanned_ns: int) -> Entry:
+    """A staging directory about to be swept as abandoned: look at its whole tree first, since a
+    writer may be busy deep inside it (DCP writes into subdirectories). Unreadable: in progress."""
+    from janitor.sizes import newest_in_tree  # sizes -> reaper -> scan: import at use
+
+    try:
+        newest = newest_in_tree(dir_fd, entry.name)
+    except OSError:
+        newest = scanned_ns
+    return dataclasses.replace(entry, changed_ns=max(entry.changed_ns, newest))
 
 
 def _deep(dir_fd: int, entry: Entry, options: ScanOptions) -> Entry:
