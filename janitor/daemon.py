@@ -443,15 +443,19 @@ class Daemon:
         # pass (our own fsyncs take milliseconds) must differ at the next poll, not be absorbed.
         # New marker names, and our own renames, cost one more pass at the next poll.
         state.markers = tuple(c.filename for c in result.snapshot.consumers)
-        self._record(path, state, result)
+        reasons = {d.entry.name: d.reason.value for d in result.plan.doomed}
+        self._record(path, state, result, reasons)
         if result.trashed:
             trash_fd = managed.trash_fd(create=False)
             assert trash_fd is not None
-            items = [Item(t.trash_name, t.entry.number, _reason(result, t)) for t in result.trashed]
+            items = [Item(t.trash_name, t.entry.number, reasons[t.entry.name])
+                     for t in result.trashed]
             self.reclaimer.submit(path, trash_fd, items, sync_fds=(managed.fd, trash_fd))
 
-    def _record(self, path: str, state: _Dir, result: PassResult) -> None:
-        """Logs and metrics for one pass: each fact once, not on every pass."""
+    def _record(self, path: str, state: _Dir, result: PassResult,
+                reasons: dict[str, str]) -> None:
+        """Logs and metrics for one pass: each fact once, not on every pass. `reasons` maps each
+        doomed entry's name to its reason (one lookup per trashed step, not a search)."""
         plan = result.plan
         newest = plan.newest_complete
         loaded = plan.progress.loaded_step
@@ -467,7 +471,7 @@ class Daemon:
             log.info("deletion_postponed", directory=path, step=skipped.entry.number,
                      entry=protocol.printable(skipped.entry.name), why=skipped.why)
         for trashed in result.trashed:
-            self.metrics.deleted(_reason(result, trashed))
+            self.metrics.deleted(reasons[trashed.entry.name])
         if self.config.dry_run:
             self._log_would_delete(path, state, plan)
 
@@ -498,13 +502,6 @@ class Daemon:
         self.metrics.reclaimed(stats.bytes, stats.files)
         log.info("deleted", directory=directory, step=item.step, reason=item.reason,
                  bytes=stats.bytes, files=stats.files)
-
-
-def _reason(result: PassResult, trashed: reaper.Trashed) -> str:
-    for decision in result.plan.doomed:
-        if decision.entry is trashed.entry:
-            return decision.reason.value
-    return "unknown"
 
 
 def _say_once(state: _Dir, key: str, event: str, **fields: object) -> None:
