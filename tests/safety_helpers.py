@@ -186,27 +186,10 @@ def rule_args(rules: Rules) -> list[str]:
 
 # ---- the real janitor --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Ran:
-    code: int
-    stdout: str
-    stderr: str
-
-
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
     env.update(extra or {})
     return env
-
-
-def run_janitor(*args: str | Path, as_nobody: bool = False, timeout_s: float = 120.0,
-                env: dict[str, str] | None = None) -> Ran:
-    """Run the real console script to completion (never past `timeout_s`)."""
-    command = [*(NOBODY if as_nobody else ()), JANITOR, *(str(a) for a in args)]
-    done = subprocess.run(command, capture_output=True, timeout=timeout_s, env=clean_env(env),
-                          check=False, cwd="/")
-    return Ran(done.returncode, done.stdout.decode("utf-8", "replace"),
-               done.stderr.decode("utf-8", "replace"))
 
 
 class Daemon(Janitor):

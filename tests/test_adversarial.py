@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from janitor_helpers import run_janitor
 from safety_helpers import (
     Daemon,
     Rules,
@@ -26,7 +27,6 @@ from safety_helpers import (
     publish_marker,
     read_audit,
     rule_args,
-    run_janitor,
     shared_dir,
     step_numbers,
     tmpfs,

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from janitor_helpers import run_janitor
 from safety_helpers import (
     build,
     can_drop_privileges,
     publish_marker,
     read_audit,
-    run_janitor,
     shared_dir,
     step_numbers,
     tree_state,
