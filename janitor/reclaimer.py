@@ -80,17 +80,11 @@ class Reclaimer:
         self._jobs.put(job)
         return job
 
-    def idle(self) -> bool:
-        return self._jobs.unfinished_tasks == 0
-
     def drain(self, timeout_s: float) -> bool:
         """Wait until every queued job is done (for --once and --exit-with-pid)."""
         with self._jobs.all_tasks_done:
             return self._jobs.all_tasks_done.wait_for(
                 lambda: self._jobs.unfinished_tasks == 0, timeout_s)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
