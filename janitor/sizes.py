@@ -1,18 +1,14 @@
-"""Walking a directory tree the way the reaper does (fd-based, no symlink followed, no other
-filesystem entered): how many bytes deleting it would free, and when anything in it last changed."""
+"""What a directory tree holds, read with the reaper's own walk (janitor.walk: fd-based, bounded
+fds, no symlink followed, no other filesystem entered): how many bytes deleting it would free, and
+when anything in it last changed."""
 
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Callable, Iterator
-from functools import partial
-from typing import TypeVar
+from collections.abc import Iterator
 
+from janitor import walk
 from janitor.reaper import freed_by
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-T = TypeVar("T")
 
 
 def path_size(path: str | os.PathLike[str]) -> int:
@@ -46,49 +42,10 @@ def newest_in_tree(dir_fd: int, name: str) -> int:
 
 
 def walk_stats(dir_fd: int, name: str, *, strict: bool) -> Iterator[os.stat_result]:
-    """The lstat of `name` and of every entry below it: fd-based, no symlink followed, no other
-    filesystem entered. Entries that vanish mid-walk are passed over; other errors propagate
-    when `strict`, else that corner is skipped."""
-    fd = _tolerant(strict, partial(os.open, name, _DIR_FLAGS, dir_fd=dir_fd))
-    if fd is None:
-        return
-    dev = os.fstat(fd).st_dev
-    stack = [fd]
-    try:
-        while stack:
-            current = stack.pop()
-            try:
-                yield os.fstat(current)
-                for item in _tolerant(strict, partial(_listing, current)) or []:
-                    st = _tolerant(strict, partial(item.stat, follow_symlinks=False))
-                    if st is None:
-                        continue
-                    if not stat.S_ISDIR(st.st_mode):
-                        yield st
-                    elif st.st_dev == dev:
-                        child = _tolerant(strict, partial(os.open, item.name, _DIR_FLAGS,
-                                                          dir_fd=current))
-                        if child is not None:
-                            stack.append(child)
-            finally:
-                os.close(current)
-    finally:
-        for leftover in stack:
-            os.close(leftover)
-
-
-def _listing(fd: int) -> list[os.DirEntry[str]]:
-    with os.scandir(fd) as listing:
-        return list(listing)
-
-
-def _tolerant(strict: bool, call: Callable[[], T]) -> T | None:
-    """`call()`, or None when its target vanished (or, unless strict, any other OSError)."""
-    try:
-        return call()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        if strict:
-            raise
-        return None
+    """The lstat of `name` and of every entry below it (janitor.walk: bounded fds, no symlink
+    followed, no other filesystem entered). Entries that vanish mid-walk are passed over; other
+    errors propagate when `strict`, else that corner is skipped."""
+    onexc = walk.raise_all if strict else walk.pass_over
+    for visit in walk.walk(dir_fd, name, onexc=onexc):
+        if visit.kind != "leave":
+            yield visit.st
