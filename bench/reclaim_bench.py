@@ -23,7 +23,7 @@ from typing import Any
 
 from _common import machine, run_rm_rf, scratch, write_json
 
-from janitor import reaper
+from janitor import reaper, reserved
 from janitor.scan import ScanOptions, open_directory, scan
 
 CHUNK = os.urandom(1 << 20)
@@ -61,9 +61,8 @@ def janitor_reclaim(managed: Path, workers: int) -> tuple[float, reaper.ReclaimS
     dir_fd = open_directory(str(managed))
     try:
         entry = scan(dir_fd, str(managed), ScanOptions()).steps[0]
-        dev = os.fstat(dir_fd).st_dev
         started = time.perf_counter()
-        trash_fd = reaper.open_trash(dir_fd, dev, create=True)
+        trash_fd = reaper.open_trash(dir_fd, reserved.mount_id(dir_fd), create=True)
         assert trash_fd is not None
         try:
             moved = reaper.move_to_trash(dir_fd, str(managed), trash_fd, entry, ())

@@ -12,15 +12,14 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from janitor import protocol
+from janitor import protocol, reserved
 
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_REFUSE = "remove it by hand (it holds only the holder's record)"
 
 
 class LockHeldError(Exception):
@@ -62,9 +61,8 @@ def acquire(dir_fd: int, path: str, policy: dict[str, object],
     Another janitor (an exclusive holder) is refused at once, never waited for: two janitors
     started together must not both run, one after the other, as if nothing had happened.
     """
-    fd = os.open(protocol.LOCK_FILE, _OPEN_FLAGS, 0o644, dir_fd=dir_fd)
+    fd = _open_verified(dir_fd, os.O_RDWR | os.O_CREAT)
     try:
-        _check_regular(fd)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -123,9 +121,22 @@ def _plausible(holder: dict[str, object] | None) -> bool:
     return True
 
 
-def _check_regular(fd: int) -> None:
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise OSError(f"{protocol.LOCK_FILE} is not a regular file; remove it by hand")
+def _open_verified(dir_fd: int, flags: int) -> int:
+    """Open the lock file and check it is a regular file of its own on the directory's mount.
+
+    A hard link to a file outside the tree would otherwise be truncated and overwritten with the
+    holder record, and a FIFO would hang the opener: both are refused (UnsafeObjectError).
+    """
+    try:
+        fd = reserved.open_reserved(dir_fd, protocol.LOCK_FILE, flags, 0o644)
+    except OSError as exc:
+        raise reserved.open_error(exc, protocol.LOCK_FILE, _REFUSE) from None
+    try:
+        reserved.check_file(fd, protocol.LOCK_FILE, reserved.mount_id(dir_fd), action=_REFUSE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_holder(fd: int, policy: dict[str, object]) -> None:
@@ -154,12 +165,12 @@ def inspect(dir_fd: int) -> tuple[bool, dict[str, object] | None]:
     """Whether a janitor holds this directory's lock now, and what its lock file says.
 
     Read-only: opens the file without creating it and tests the lock with a shared, non-blocking
-    flock released at once.
+    flock released at once. A lock file that is not a plain file of its own raises
+    UnsafeObjectError (never a hang on a FIFO); an absent one means no holder.
     """
     try:
-        fd = os.open(protocol.LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
-    except OSError:
+        fd = _open_verified(dir_fd, os.O_RDONLY)
+    except FileNotFoundError:
         return False, None
     try:
         holder = _read_holder(fd)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from janitor import lock, mounts, protocol, reaper
+from janitor import lock, mounts, protocol, reaper, reserved
 from janitor.audit import AuditLog, deletion_record
 from janitor.policy import Plan, Policy, plan
 from janitor.scan import ScanOptions, Snapshot, deepen, open_directory, scan
@@ -41,6 +41,8 @@ class ManagedDirectory:
         self.fd = open_directory(path)
         st = os.fstat(self.fd)
         self.dev, self.ino = st.st_dev, st.st_ino
+        # The mount every reserved object must share (a bind mount has its own, st_dev does not).
+        self.mount_id = reserved.mount_id(self.fd)
         self._lock: lock.DirectoryLock | None = None
         self._trash_fd: int | None = None
         try:
@@ -117,6 +119,11 @@ class ManagedDirectory:
                         failed=True))
                     continue
             outcome = reaper.move_to_trash(self.fd, self.path, trash_fd, decision.entry, points)
+            if isinstance(outcome, reaper.Skipped) and outcome.trash_gone:
+                trash_fd = self.trash_fd(create=True)  # heals: checks, re-creates, verifies
+                assert trash_fd is not None
+                outcome = reaper.move_to_trash(self.fd, self.path, trash_fd, decision.entry,
+                                               points)
             if isinstance(outcome, reaper.Trashed):
                 result.trashed.append(outcome)
             else:
@@ -137,10 +144,15 @@ class ManagedDirectory:
                                "step": skipped.entry.number, "why": skipped.why})
 
     def trash_fd(self, *, create: bool) -> int | None:
-        """The open trash directory (created on first need unless dry_run)."""
+        """The open trash directory (created on first need unless dry_run), checked before every
+        use: a trash removed or replaced by hand since it was opened is dropped, then opened or
+        re-created and verified again, so renames never go into a deleted directory."""
+        if self._trash_fd is not None and not reaper.trash_still_valid(self.fd, self._trash_fd):
+            os.close(self._trash_fd)
+            self._trash_fd = None
         if self._trash_fd is None:
             create = create and not self.dry_run
-            self._trash_fd = reaper.open_trash(self.fd, self.dev, create=create)
+            self._trash_fd = reaper.open_trash(self.fd, self.mount_id, create=create)
         return self._trash_fd
 
     def reclaim(self, names: list[str] | None = None, workers: int = 1) -> reaper.ReclaimStats:

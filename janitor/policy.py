@@ -123,27 +123,30 @@ def read_progress(snapshot: Snapshot, policy: Policy) -> Progress:
     if not policy.gated:
         return Progress(None, None, None)
     if policy.progress == "receiver-ready":
-        progress = _receiver_ready_progress(snapshot)
-    else:
-        progress = _marker_progress(snapshot)
-    if progress.problem is None and progress.loaded_step is not None and snapshot.steps:
-        newest = max(e.number for e in snapshot.steps if e.number is not None)
-        if progress.loaded_step > newest:
-            return Progress(None, None, f"loaded step {progress.loaded_step} is beyond the newest "
-                            f"step {newest} (a marker left from another run?)")
-    return progress
+        return _receiver_ready_progress(snapshot)
+    return _marker_progress(snapshot)
 
 
 def _marker_progress(snapshot: Snapshot) -> Progress:
+    """Every consumer must be valid and none beyond the newest step (invariant 5): a stale
+    `LOADED_STEP.eval=99` left from another run halts the directory even when another consumer
+    is lower, since the tree it describes is not this one."""
     if not snapshot.consumers:
         return Progress(None, None, "no LOADED_STEP marker")
     bad = [c for c in snapshot.consumers if c.problem is not None]
     if bad:
         first = bad[0]
         return Progress(None, None, f"{printable(first.filename)}: {first.problem}")
-    loaded = min(c.step for c in snapshot.consumers if c.step is not None)
-    marker_ns = min(c.mtime_ns for c in snapshot.consumers)
-    return Progress(loaded, marker_ns, None)
+    steps = [c.step for c in snapshot.consumers if c.step is not None]
+    newest = max((e.number for e in snapshot.steps if e.number is not None), default=None)
+    beyond = [c for c in snapshot.consumers if c.step is not None and newest is not None
+              and c.step > newest]
+    if beyond:
+        first = beyond[0]
+        return Progress(None, None, f"{printable(first.filename)}: loaded step {first.step} is "
+                        f"beyond the newest step {newest} (a marker left from another run?)")
+    # The licence is the earliest of every marker's conservative write time (invariant 4).
+    return Progress(min(steps), min(c.licence_ns for c in snapshot.consumers), None)
 
 
 def _receiver_ready_progress(snapshot: Snapshot) -> Progress:

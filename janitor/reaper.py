@@ -17,19 +17,15 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import count
 
-from janitor import protocol
+from janitor import protocol, reserved
 from janitor.mounts import mount_points, mount_points_under
-from janitor.scan import Entry, newest_child_ns
+from janitor.scan import Entry, newest_entry_ns
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Retry later, not failure: NFS silly-renamed `.nfsXXXX` files keep a directory busy or non-empty
 # until the client holding them open lets go.
 _RETRY_LATER = frozenset({errno.EBUSY, errno.ENOTEMPTY, errno.EEXIST})
 _sequence = count()
-
-
-class UnsafeTrashError(OSError):
-    """The trash path exists but is not a real directory on the managed filesystem."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +45,8 @@ class Skipped:
     # True when an operation failed (permission, no space, an unwritable audit log), not merely
     # postponed because the step moved on: `janitor sweep` reports it on stderr and exits 5.
     failed: bool = False
+    # The rename found no trash directory (removed by hand): get a new one and try again.
+    trash_gone: bool = False
 
 
 @dataclass(slots=True)
@@ -75,8 +73,17 @@ def freed_by(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
 
-def open_trash(dir_fd: int, dev: int, *, create: bool) -> int | None:
-    """Open (creating if asked) the managed directory's trash; None if absent and not created."""
+_TRASH_REFUSED = "move it away by hand (look inside first: it should hold only trashed steps)"
+
+
+def open_trash(dir_fd: int, home_mount: int | None, *, create: bool) -> int | None:
+    """Open (creating if asked) the managed directory's trash; None if absent and not created.
+
+    The trash is verified on its fd before anything is renamed into or reclaimed from it: a
+    directory of this janitor's user on the managed directory's own mount (a bind mount of an
+    outside directory has the same st_dev, and reclaiming "leftovers" would empty it). Anything
+    else raises UnsafeObjectError, and nothing in that directory is deleted.
+    """
     if create:
         try:
             os.mkdir(protocol.TRASH_DIR, 0o700, dir_fd=dir_fd)
@@ -84,19 +91,28 @@ def open_trash(dir_fd: int, dev: int, *, create: bool) -> int | None:
         except FileExistsError:
             pass
     try:
-        fd = os.open(protocol.TRASH_DIR, _DIR_FLAGS, dir_fd=dir_fd)
+        fd = reserved.open_reserved(dir_fd, protocol.TRASH_DIR, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafeTrashError(exc.errno, f"{protocol.TRASH_DIR} is not a real directory; "
-                              "move it away by hand") from None
-        raise
-    if os.fstat(fd).st_dev != dev:
+        raise reserved.open_error(exc, protocol.TRASH_DIR, _TRASH_REFUSED) from None
+    try:
+        reserved.check_directory(fd, protocol.TRASH_DIR, home_mount, action=_TRASH_REFUSED)
+    except BaseException:
         os.close(fd)
-        raise UnsafeTrashError(errno.EXDEV, f"{protocol.TRASH_DIR} is on another filesystem "
-                          "(a mount point?); unmount or remove it by hand")
+        raise
     return fd
+
+
+def trash_still_valid(dir_fd: int, trash_fd: int) -> bool:
+    """Whether an open trash fd is still the managed directory's trash: not removed (a removed
+    directory has no links) and not replaced (the name still leads to the same inode)."""
+    try:
+        held = os.fstat(trash_fd)
+        named = os.stat(protocol.TRASH_DIR, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def trash_name(entry: Entry) -> str:
@@ -111,27 +127,42 @@ def move_to_trash(dir_fd: int, dir_path: str, trash_fd: int, entry: Entry,
 
     The entry must still be a real directory with the same inode, device and change time as when
     it was scanned: a step rewritten, replaced or swapped for a symlink since then is left alone.
+    It is looked at through its own fd (opened without following a symlink), so the checks and
+    the listing of its children see one object. A mount on or inside it keeps it whole.
     """
     try:
-        st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+        fd = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return Skipped(entry, "already gone")
-    if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
-        return Skipped(entry, "replaced since the scan")
-    try:  # a shard rewritten in place changes only itself: look at the children too
-        newest = newest_child_ns(dir_fd, entry.name)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return Skipped(entry, "replaced since the scan")
+        return Skipped(entry, f"unreadable ({exc.strerror}); retried next pass", failed=True)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
+            return Skipped(entry, "replaced since the scan")
+        # A shard rewritten in place changes only itself: look at the children too.
+        newest = newest_entry_ns(fd)
     except OSError as exc:
         return Skipped(entry, f"unreadable ({exc.strerror}); retried next pass", failed=True)
+    finally:
+        os.close(fd)
     if max(st.st_mtime_ns, st.st_ctime_ns, newest) > entry.changed_ns:
         return Skipped(entry, "changed since the scan")
-    inside = _mount_points_inside(dir_path, entry.name, mounts)
+    inside = _mount_points_at_or_inside(dir_path, entry.name, mounts)
     if inside:
-        return Skipped(entry, f"holds a mount point ({protocol.printable(inside[0])}); "
+        return Skipped(entry, f"is or holds a mount point ({protocol.printable(inside[0])}); "
                        "unmount it first", failed=True)
     name = trash_name(entry)
     try:
         os.rename(entry.name, name, src_dir_fd=dir_fd, dst_dir_fd=trash_fd)
     except FileNotFoundError:
+        if _exists(dir_fd, entry.name):
+            # The step is still there, so what vanished is the trash (removed by hand): a
+            # failure to retry with a new trash, never "already gone".
+            return Skipped(entry, f"{protocol.TRASH_DIR} vanished (removed by hand?); "
+                           "retried with a new one", failed=True, trash_gone=True)
         return Skipped(entry, "already gone")
     except OSError as exc:
         # One step the janitor cannot move (a directory it may not write: rename must update its
@@ -142,17 +173,18 @@ def move_to_trash(dir_fd: int, dir_path: str, trash_fd: int, entry: Entry,
     return Trashed(entry, name)
 
 
-def _mount_points_inside(dir_path: str, name: str, mounts: tuple[str, ...]) -> list[str]:
-    """Mount points strictly inside the step `name` of `dir_path` (just lstat'ed as a real dir).
+def _mount_points_at_or_inside(dir_path: str, name: str, mounts: tuple[str, ...]) -> list[str]:
+    """Mount points on or inside the step `name` of `dir_path` (just opened as a real dir).
 
-    A mount point inside it has `/<name>/` in its path, since `name` is not a symlink: when no
-    mount point does (nearly always), skip resolving the path, which costs an lstat per path
-    component per step and was half of a catch-up pass over 100,000 steps.
+    Such a mount has `/<name>` in its path, since `name` is not a symlink: when no mount point
+    does (nearly always), skip resolving the path, which costs an lstat per path component per
+    step and was half of a catch-up pass over 100,000 steps.
     """
-    needle = f"/{name}/"
+    needle = f"/{name}"
     if not any(needle in point for point in mounts):
         return []
-    return mount_points_under(os.path.join(dir_path, name), mounts)
+    step = os.path.realpath(os.path.join(dir_path, name))
+    return [point for point in mounts if point == step] + mount_points_under(step, mounts)
 
 
 def sync_directories(*fds: int) -> None:

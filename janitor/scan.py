@@ -12,10 +12,9 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from janitor import protocol
+from janitor import protocol, reserved
 from janitor.protocol import Invalid
 
 
@@ -67,6 +66,15 @@ class Consumer:
     step: int | None
     problem: str | None
     mtime_ns: int
+    # None where unknown (a marker that could not be read): then mtime alone is used.
+    ctime_ns: int | None = None
+
+    @property
+    def licence_ns(self) -> int:
+        """When this marker's value was written, conservatively: the EARLIER of its mtime and
+        ctime. A future-dated mtime (`touch -d tomorrow`) would otherwise license deleting steps
+        rewritten after the real write (invariant 4); ctime cannot be set back from user space."""
+        return self.mtime_ns if self.ctime_ns is None else min(self.mtime_ns, self.ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +102,7 @@ def open_directory(path: str) -> int:
 def scan(dir_fd: int, path: str, options: ScanOptions) -> Snapshot:
     """Read the managed directory open as `dir_fd` (its display path is `path`)."""
     dev = os.fstat(dir_fd).st_dev
+    home_mount = reserved.mount_id(dir_fd)
     scanned_ns = time.time_ns()
     entries: list[Entry] = []
     foreign: list[Foreign] = []
@@ -119,7 +128,7 @@ def scan(dir_fd: int, path: str, options: ScanOptions) -> Snapshot:
             if isinstance(consumer, Invalid):
                 consumers.append(Consumer(name, name, None, consumer.reason, 0))
             elif consumer is not None:
-                consumers.append(read_consumer(dir_fd, name, consumer))
+                consumers.append(read_consumer(dir_fd, name, consumer, home_mount))
     entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name))
     consumers.sort(key=lambda c: c.filename)
     foreign.sort(key=lambda f: f.name)
@@ -286,20 +295,21 @@ def newest_child_ns(dir_fd: int, name: str) -> int:
             return 0
         raise
     try:
-        with os.scandir(fd) as listing:
-            return _newest_in(listing)
+        return newest_entry_ns(fd)
     finally:
         os.close(fd)
 
 
-def _newest_in(listing: Iterable[os.DirEntry[str]]) -> int:
+def newest_entry_ns(fd: int) -> int:
+    """Newest mtime/ctime among the direct children of the directory open as `fd`."""
     newest = 0
-    for item in listing:
-        try:
-            st = item.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    with os.scandir(fd) as listing:
+        for item in listing:
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
     return newest
 
 
@@ -314,18 +324,20 @@ def _read_staging(dir_fd: int, dev: int, name: str) -> Entry | None:
     return Entry(name, None, False, False, changed, st.st_dev, st.st_ino)
 
 
-def read_consumer(dir_fd: int, filename: str, consumer: str) -> Consumer:
-    """Read one consumer marker safely: no symlink, no FIFO blocking, regular files only."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+def read_consumer(dir_fd: int, filename: str, consumer: str,
+                  home_mount: int | None) -> Consumer:
+    """Read one consumer marker safely, verified after opening (invariant 6): a regular file of
+    its own (one link) on the managed directory's mount; never a symlink, never a blocking FIFO.
+    Anything else is a marker problem, which halts the directory (invariant 5)."""
     try:
-        fd = os.open(filename, flags, dir_fd=dir_fd)
+        fd = reserved.open_reserved(dir_fd, filename, os.O_RDONLY)
     except OSError as exc:
         return Consumer(consumer, filename, None, _open_problem(exc), 0)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            return Consumer(consumer, filename, None, f"is {kind}", st.st_mtime_ns)
+        try:
+            st = reserved.check_file(fd, filename, home_mount, action="")
+        except reserved.UnsafeObjectError as exc:
+            return Consumer(consumer, filename, None, exc.what, 0)
         data = os.read(fd, protocol.MAX_MARKER_BYTES + 1)
     except OSError as exc:
         return Consumer(consumer, filename, None, f"unreadable ({exc.strerror})", 0)
@@ -333,10 +345,8 @@ def read_consumer(dir_fd: int, filename: str, consumer: str) -> Consumer:
         os.close(fd)
     value = protocol.parse_marker(data, st.st_size)
     if isinstance(value, Invalid):
-        return Consumer(consumer, filename, None, value.reason, st.st_mtime_ns)
-    # mtime is when the value was written; ctime may be the later rename that published it. The
-    # earlier time is the conservative one for invariant 4 (a step changed after it is kept).
-    return Consumer(consumer, filename, value, None, st.st_mtime_ns)
+        return Consumer(consumer, filename, None, value.reason, st.st_mtime_ns, st.st_ctime_ns)
+    return Consumer(consumer, filename, value, None, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _open_problem(exc: OSError) -> str:
@@ -346,4 +356,6 @@ def _open_problem(exc: OSError) -> str:
         return "vanished while reading"
     if exc.errno == errno.EACCES:
         return "unreadable (permission denied)"
+    if exc.errno == errno.ENXIO:
+        return "is a socket, not a regular file"
     return f"unreadable ({exc.strerror})"

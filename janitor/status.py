@@ -69,7 +69,7 @@ def _directory(path: str, policy: Policy, options: ScanOptions) -> dict[str, obj
 
 
 def _trash(directory: ManagedDirectory) -> tuple[int, int]:
-    trash_fd = reaper.open_trash(directory.fd, directory.dev, create=False)
+    trash_fd = reaper.open_trash(directory.fd, directory.mount_id, create=False)
     if trash_fd is None:
         return 0, 0
     try:

@@ -11,7 +11,7 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from janitor import exitcodes, lock, protocol, reaper
+from janitor import exitcodes, lock, protocol, reserved
 from janitor.audit import AuditLog
 from janitor.managed import ManagedDirectory
 from janitor.paths import check_root, discover
@@ -75,8 +75,8 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
                     report.sizes[entry.name] = tree_size(directory.fd, entry.name)
     except lock.LockHeldError as exc:
         report.refused = str(exc)
-    except reaper.UnsafeTrashError as exc:
-        report.error = f"{path}: {exc.strerror}"
+    except reserved.UnsafeObjectError as exc:
+        report.refused = f"{path}: {exc.strerror}"
     except OSError as exc:
         report.error = f"{path}: {_os_error_line(exc)}"
     else:

@@ -159,9 +159,11 @@ class Ran:
 
 
 def run_janitor(*args: str | Path, env: dict[str, str] | None = None, as_nobody: bool = False,
-                timeout_s: float = RUN_TIMEOUT_S) -> Ran:
-    """Run the real `janitor` console script; never hangs past `timeout_s`."""
-    command = [*NOBODY] if as_nobody else []
+                timeout_s: float = RUN_TIMEOUT_S, nofile: int | None = None) -> Ran:
+    """Run the real `janitor` console script; never hangs past `timeout_s`. `nofile` sets
+    RLIMIT_NOFILE (soft and hard) for it, as systemd's LimitNOFILE= would."""
+    command = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
+    command += [*NOBODY] if as_nobody else []
     command += [JANITOR, *(str(a) for a in args)]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
     if as_nobody and "XDG_STATE_HOME" in full_env:

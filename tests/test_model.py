@@ -90,9 +90,10 @@ class JanitorModel(RuleBasedStateMachine):
         """Steps the policy may delete now, per the model (the janitor may delete fewer)."""
         if not self.markers or any(m.value is None for m in self.markers.values()):
             return set()
-        loaded = min(m.value for m in self.markers.values() if m.value is not None)
-        if self.steps and loaded > max(self.steps):
-            return set()  # a marker beyond the newest step: from another run, halt
+        values = [m.value for m in self.markers.values() if m.value is not None]
+        loaded = min(values)
+        if self.steps and max(values) > max(self.steps):
+            return set()  # any marker beyond the newest step: from another run, halt
         licensed_at = min(m.written for m in self.markers.values())
         complete = [n for n, s in self.steps.items() if s.complete]
         if not complete:

@@ -31,9 +31,9 @@ def staging(name: str, changed_ns: int) -> Entry:
 
 
 def marker(step_number: int | None, *, name: str = "", mtime_ns: int = SCANNED_NS - 10 * S,
-           problem: str | None = None) -> Consumer:
+           problem: str | None = None, ctime_ns: int | None = None) -> Consumer:
     filename = protocol.marker_name(name)
-    return Consumer(name, filename, None if problem else step_number, problem, mtime_ns)
+    return Consumer(name, filename, None if problem else step_number, problem, mtime_ns, ctime_ns)
 
 
 def snapshot(entries: list[Entry], consumers: list[Consumer]) -> Snapshot:
@@ -72,7 +72,11 @@ def consumers_strategy(draw: st.DrawFn) -> list[Consumer]:
                                             "unreadable (permission denied)"]))
             out.append(marker(None, name=name, problem=problem, mtime_ns=draw(times)))
         else:
-            out.append(marker(draw(st.integers(0, 62)), name=name, mtime_ns=draw(marker_times)))
+            # ctime: mostly the same write; sometimes the mtime was set into the future or the
+            # past after it (`touch -d`), so the two differ either way.
+            ctime = draw(st.one_of(st.none(), marker_times))
+            out.append(marker(draw(st.integers(0, 62)), name=name, mtime_ns=draw(marker_times),
+                              ctime_ns=ctime))
     return out
 
 
@@ -140,8 +144,16 @@ def check_invariants(case: Case, result: Plan) -> str:
     if not snap.consumers or any(c.problem is not None for c in snap.consumers):
         assert deleted == []
         return "gated: halted by a missing or invalid marker"
+    # 5: any consumer beyond the newest step (from another run): nothing is deleted.
+    newest_step = max((e.number for e in snap.steps if e.number is not None), default=None)
+    if newest_step is not None and any(c.step is not None and c.step > newest_step
+                                       for c in snap.consumers):
+        assert deleted == []
+        return "gated: halted by a consumer beyond the newest step"
     loaded = min(c.step for c in snap.consumers if c.step is not None)
-    marker_ns = min(c.mtime_ns for c in snap.consumers)
+    # A marker licenses from the earlier of its mtime and ctime (ctime None: not known).
+    marker_ns = min(c.mtime_ns if c.ctime_ns is None else min(c.mtime_ns, c.ctime_ns)
+                    for c in snap.consumers)
     # 1: never a step at or above the effective (minimum) loaded step.
     assert not any(e.number >= loaded for e in deleted_steps)
     # 4: never a step changed at or after the oldest marker that licenses its deletion.
@@ -282,6 +294,19 @@ EXAMPLES = [
         {"step_1": "keep no-valid-marker", "step_2": "keep no-valid-marker",
          "step_3": "keep no-valid-marker"},
         id="marker-beyond-newest-step"),
+    pytest.param(
+        [step(n) for n in range(1, 6)],
+        [marker(2, mtime_ns=MARKED), marker(99, name="eval", mtime_ns=MARKED)], Policy(),
+        {f"step_{n}": "keep no-valid-marker" for n in range(1, 6)},
+        id="any-consumer-beyond-newest-halts"),
+    pytest.param(
+        # `touch -d tomorrow LOADED_STEP`: mtime in the future, ctime the real write (MARKED);
+        # step_1 rewritten after the real write is not licensed by the future mtime.
+        [step(1, changed_ns=MARKED + S), step(2), step(3)],
+        [marker(3, mtime_ns=MARKED + 86400 * S, ctime_ns=MARKED)], Policy(),
+        {"step_1": "keep changed-after-marker", "step_2": "delete superseded",
+         "step_3": "keep newest-complete"},
+        id="future-dated-marker-licenses-from-ctime"),
     pytest.param(
         [step(1), step(2), step(3, changed_ns=RECENT)], [], Policy(gated=False, keep_last=1),
         {"step_1": "delete superseded", "step_2": "delete superseded",

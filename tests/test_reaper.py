@@ -27,7 +27,7 @@ from janitor_helpers import (
     write_marker,
 )
 
-from janitor import protocol, reaper
+from janitor import protocol, reaper, reserved
 from janitor.managed import ManagedDirectory
 from janitor.mounts import mount_points
 from janitor.policy import Policy
@@ -156,7 +156,7 @@ def test_step_swapped_between_scan_and_rename_is_skipped(tmp_path: Path, swap: s
             wait_for_fs_clock(tree, doomed.changed_ns)
             (tree / "step_1" / "new-shard.bin").write_bytes(b"new")
         state = tree_state(tree)
-        trash_fd = reaper.open_trash(fd, snap.dev, create=True)
+        trash_fd = reaper.open_trash(fd, reserved.mount_id(fd), create=True)
         assert trash_fd is not None
         try:
             outcome = reaper.move_to_trash(fd, str(tree), trash_fd, doomed, mount_points())
@@ -182,7 +182,7 @@ def test_step_gone_before_rename_is_already_done(tmp_path: Path) -> None:
     try:
         snap = scan(fd, str(tmp_path), ScanOptions())
         shutil.rmtree(tmp_path / "step_1")
-        trash_fd = reaper.open_trash(fd, snap.dev, create=True)
+        trash_fd = reaper.open_trash(fd, reserved.mount_id(fd), create=True)
         assert trash_fd is not None
         outcome = reaper.move_to_trash(fd, str(tmp_path), trash_fd, snap.entries[0], ())
         os.close(trash_fd)
@@ -205,7 +205,7 @@ def test_step_holding_a_mount_point_is_skipped_and_the_mount_untouched(
     assert [t.entry.name for t in result.trashed] == ["step_2"]
     (skip,) = result.skipped
     assert skip.entry.name == "step_1"
-    assert skip.why.startswith("holds a mount point (")
+    assert skip.why.startswith("is or holds a mount point (")
     assert skip.why.endswith("); unmount it first")
     assert os.path.ismount(inner)
     assert tree_state(inner) == mounted
@@ -220,7 +220,7 @@ def test_reclaim_never_crosses_a_mount_in_the_trash(
     (inner / "keep.bin").write_bytes(b"k")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        trash_fd = reaper.open_trash(fd, os.fstat(fd).st_dev, create=False)
+        trash_fd = reaper.open_trash(fd, reserved.mount_id(fd), create=False)
         assert trash_fd is not None
         stats = reaper.reclaim(trash_fd)
         os.close(trash_fd)
@@ -247,8 +247,8 @@ def test_trash_that_is_not_a_real_directory_is_refused(tmp_path: Path, kind: str
         trash(tree).write_bytes(b"")
     fd = open_directory(str(tree))
     try:
-        with pytest.raises(reaper.UnsafeTrashError):
-            reaper.open_trash(fd, os.fstat(fd).st_dev, create=True)
+        with pytest.raises(reserved.UnsafeObjectError):
+            reaper.open_trash(fd, reserved.mount_id(fd), create=True)
     finally:
         os.close(fd)
 

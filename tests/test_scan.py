@@ -117,7 +117,7 @@ def test_odd_bytes_names(tmp_path: Path) -> None:
         assert "\n" not in protocol.printable(foreign.name)
     # A consumer name of invalid UTF-8 is still a consumer: here a directory, so a problem.
     (consumer,) = snap.consumers
-    assert consumer.problem == "is a directory"
+    assert consumer.problem == "is a directory, not a regular file"
 
 
 def test_staging_dirs_are_entries_without_number(tmp_path: Path) -> None:
@@ -173,10 +173,10 @@ def test_marker_kinds_are_problems_and_never_block(tmp_path: Path) -> None:
     snap = do_scan(tmp_path, timeout_s=10.0)  # a FIFO opened without O_NONBLOCK would hang here
     problems = {c.filename: (c.step, c.problem) for c in snap.consumers}
     assert problems == {
-        "LOADED_STEP": (None, "is a directory"),
+        "LOADED_STEP": (None, "is a directory, not a regular file"),
         "LOADED_STEP.dangling": (None, "is a symlink (never followed)"),
         "LOADED_STEP.eval": (1, None),
-        "LOADED_STEP.fifo": (None, "is not a regular file"),
+        "LOADED_STEP.fifo": (None, "is a FIFO, not a regular file"),
         "LOADED_STEP.goodlink": (None, "is a symlink (never followed)"),
         "LOADED_STEP.link": (None, "is a symlink (never followed)"),
     }
