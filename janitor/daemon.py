@@ -435,6 +435,14 @@ class Daemon:
             return
         try:
             result = managed.reconcile(stop=self._stopping, sync=False)
+        except lock.LockHeldError as exc:
+            # Our lock file was removed or replaced and another janitor locked the new one:
+            # stop deleting here at once (invariant 8); the next rescan tries to adopt it again.
+            log.error("lock_lost", directory=path, holder=exc.holder,
+                      action="released the directory; deleting nothing here")
+            self.metrics.error("lock")
+            self.dirs.pop(path).managed.close()
+            return
         except OSError as exc:
             log.error("reconcile_failed", directory=path, error=_os_error(exc))
             self.metrics.error("reconcile")

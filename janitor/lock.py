@@ -46,6 +46,15 @@ class DirectoryLock:
 
     fd: int
 
+    def still_held(self, dir_fd: int) -> bool:
+        """Whether `.janitor.lock` still names the file this lock holds.
+
+        An flock lives on an inode, not on a name: if the file is removed or replaced (by hand,
+        or by a cleanup script), a second janitor would create a new file and lock that one too,
+        and two deleters would run (invariant 8). The holder checks before deleting.
+        """
+        return self.fd >= 0 and _names_fd(dir_fd, self.fd)
+
     def release(self) -> None:
         if self.fd >= 0:
             with contextlib.suppress(OSError):
@@ -61,22 +70,44 @@ def acquire(dir_fd: int, path: str, policy: dict[str, object],
     Another janitor (an exclusive holder) is refused at once, never waited for: two janitors
     started together must not both run, one after the other, as if nothing had happened.
     """
-    fd = _open_verified(dir_fd, os.O_RDWR | os.O_CREAT)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if _held_exclusively(fd) or time.monotonic() >= deadline:
-                    raise LockHeldError(path, _current_holder(fd)) from None
-                time.sleep(0.02)  # a status check holds it for microseconds
-        _write_holder(fd, policy)
-    except BaseException:
+    deadline = time.monotonic() + wait_s
+    while True:
+        fd = _open_verified(dir_fd, os.O_RDWR | os.O_CREAT)
+        try:
+            _lock_exclusive(fd, path, deadline)
+            if _names_fd(dir_fd, fd):
+                _write_holder(fd, policy)
+                return DirectoryLock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        # The file was removed or replaced between our open and our flock (its last holder's
+        # cleanup, or a hand): the lock is on a dead inode. Open the name again.
         os.close(fd)
-        raise
-    return DirectoryLock(fd)
+        if time.monotonic() >= deadline:
+            raise LockHeldError(path, None)
+
+
+def _lock_exclusive(fd: int, path: str, deadline: float) -> None:
+    """flock(LOCK_EX) without blocking on another janitor; a brief `status` is waited for."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if _held_exclusively(fd) or time.monotonic() >= deadline:
+                raise LockHeldError(path, _current_holder(fd)) from None
+            time.sleep(0.02)  # a status check holds it for microseconds
+
+
+def _names_fd(dir_fd: int, fd: int) -> bool:
+    """Whether LOCK_FILE in `dir_fd` is (still) the open file `fd`: linked, same inode."""
+    try:
+        held = os.fstat(fd)
+        named = os.stat(protocol.LOCK_FILE, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _held_exclusively(fd: int) -> bool:

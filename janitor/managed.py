@@ -110,6 +110,7 @@ class ManagedDirectory:
         for decision in decided.doomed:
             if stop is not None and stop():
                 break
+            self._keep_lock()
             if self.audit is not None:
                 try:  # write-ahead: the record exists before the step is gone
                     self.audit.append(deletion_record(snapshot, decided, self.policy, decision))
@@ -132,6 +133,17 @@ class ManagedDirectory:
         if result.trashed and sync:
             reaper.sync_directories(self.fd, trash_fd)
         return result
+
+    def _keep_lock(self) -> None:
+        """Before every rename: the lock file must still be the one this janitor holds. If it
+        was removed or replaced, take the lock again (LockHeldError when another janitor got
+        it meanwhile: then this one stops deleting here, invariant 8)."""
+        assert self._lock is not None
+        if self._lock.still_held(self.fd):
+            return
+        self._lock.release()
+        self._lock = None
+        self._lock = lock.acquire(self.fd, self.path, self.policy.describe())
 
     def _audit_skip(self, snapshot: Snapshot, skipped: reaper.Skipped) -> None:
         """The delete record above was an intent: say it did not happen (best effort; the step

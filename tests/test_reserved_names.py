@@ -40,6 +40,10 @@ from safety_helpers import (
 )
 
 from janitor import protocol
+from janitor.lock import LockHeldError
+from janitor.managed import ManagedDirectory
+from janitor.policy import Policy
+from janitor.scan import ScanOptions
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts and chown need root")
 
@@ -329,3 +333,56 @@ def test_trash_removed_by_hand_while_the_daemon_runs_is_recreated() -> None:
             wait_until(lambda: trash_names(tree) == [], 10.0, "the new trash reclaimed")
         finally:
             assert daemon.stop() == 0
+
+
+# ---- a reserved name removed or replaced while in use -----------------------------------------
+
+def _managed(tree: Path) -> ManagedDirectory:
+    return ManagedDirectory(str(tree), dry_run=False, policy=Policy(), options=ScanOptions())
+
+
+def test_lock_removed_while_held_and_taken_by_another_janitor_stops_the_first() -> None:
+    """An flock lives on an inode: once `.janitor.lock` is removed, a second janitor creates and
+    locks a new file. The first must notice before its next rename and delete nothing more."""
+    with scene() as (tree, _):
+        build(tree, STEPS)
+        publish_marker(tree, LOADED)
+        first = _managed(tree)
+        try:
+            (tree / protocol.LOCK_FILE).unlink()
+            with _managed(tree) as second:
+                with pytest.raises(LockHeldError):
+                    first.reconcile()
+                assert set(step_numbers(tree)) == set(STEPS)
+                result = second.reconcile()
+                assert sorted(t.entry.number for t in result.trashed) == [0, 1, 2, 3]
+        finally:
+            first.close()
+
+
+def test_lock_removed_while_held_is_taken_again_when_nobody_else_has_it() -> None:
+    with scene() as (tree, _):
+        build(tree, STEPS)
+        publish_marker(tree, LOADED)
+        with _managed(tree) as directory:
+            (tree / protocol.LOCK_FILE).unlink()
+            result = directory.reconcile()
+            assert sorted(t.entry.number for t in result.trashed) == [0, 1, 2, 3]
+            assert f'"pid": {os.getpid()}' in (tree / protocol.LOCK_FILE).read_text()
+
+
+def test_daemon_whose_lock_file_is_replaced_gives_the_directory_up() -> None:
+    with scene() as (tree, _):
+        build(tree, STEPS)
+        publish_marker(tree, 1)
+        first = Daemon(["--rescan-interval", "60", "--audit-log", "off", tree])
+        try:
+            first.wait_event("ready")
+            (tree / protocol.LOCK_FILE).unlink()
+            with _managed(tree) as other:  # another janitor takes the new lock file
+                publish_marker(tree, LOADED)
+                first.wait_event("lock_lost", directory=str(tree))
+                assert set(step_numbers(tree)) == set(range(1, 6))
+                assert other.reconcile().trashed
+        finally:
+            assert first.stop() == 0
