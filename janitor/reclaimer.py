@@ -5,6 +5,11 @@ slow part, unlinking hundreds of GB, happens here on one background thread, so a
 delays the next reaction. Each job owns a dup of the trash fd, so the loop may close a directory
 while a job on it is still running. Reclaim is resumable: a killed process leaves entries in the
 trash and the next start reclaims them.
+
+A trash entry that fails (permission, a swapped tree, no fd left) is retried with exponential
+backoff per (directory, trash name), not at every rescan, and logged once per failure episode:
+a step that can never be reclaimed costs a walk every ten minutes, not one every pass, and the
+daemon's open fds stay flat (at most one queued leftover job per directory).
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
-from janitor import reaper
+from janitor import protocol, reaper
 from janitor.sizes import tree_size
 
 log = structlog.get_logger("janitor.reclaim")
+
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +54,20 @@ class Job:
 Deleted = Callable[[str, Item, reaper.ReclaimStats], None]
 
 
+@dataclass(slots=True)
+class _Retry:
+    """A trash entry in a failure episode: when to try it again."""
+
+    delay_s: float
+    next_at: float
+    failures: int = 1
+
+
 class Reclaimer:
     """One background thread working through reclaim jobs in order."""
 
     def __init__(self, on_deleted: Deleted, on_pending_bytes: Callable[[int], None] | None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         if workers < 1:
             raise ValueError(f"reclaim workers must be >= 1, got {workers}")
         # >1: each trash entry's subdirectories are unlinked concurrently (network filesystems).
@@ -63,6 +81,12 @@ class Reclaimer:
         # was queued would be reclaimed and reported twice (once as "leftover").
         self._claimed: set[tuple[str, str]] = set()
         self._claimed_lock = threading.Lock()
+        # Directories with a leftover job queued and not yet started: a rescan every 0.1 s must
+        # not pile up jobs (each holds a dup'ed trash fd) behind a slow one.
+        self._leftover_queued: set[str] = set()
+        # Failing entries and their backoff; touched only by the worker thread.
+        self._retries: dict[tuple[str, str], _Retry] = {}
+        self._clock = clock
         self._thread = threading.Thread(target=self._run, name="janitor-reclaim", daemon=True)
         self._thread.start()
 
@@ -73,9 +97,14 @@ class Reclaimer:
         `sync_fds` are fsynced before anything is unlinked: the renames into the trash become
         durable here, off the reconcile loop, so a slow disk never delays the next reaction.
         """
-        job = Job(directory, os.dup(trash_fd), items, sync_fds=tuple(os.dup(fd) for fd in sync_fds))
-        if items is not None:
-            with self._claimed_lock:
+        with self._claimed_lock:
+            if items is None and not sync_fds:
+                if directory in self._leftover_queued:
+                    return _already_queued(directory)
+                self._leftover_queued.add(directory)
+            job = Job(directory, os.dup(trash_fd), items,
+                      sync_fds=tuple(os.dup(fd) for fd in sync_fds))
+            if items is not None:
                 self._claimed.update((directory, item.trash_name) for item in items)
         self._jobs.put(job)
         return job
@@ -92,7 +121,7 @@ class Reclaimer:
             try:
                 self._work(job)
             except Exception:  # the worker must survive anything one job does
-                log.exception("reclaim_failed", directory=job.directory)
+                log.exception("reclaim_job_crashed", directory=job.directory)
             finally:
                 if job.items is not None:
                     with self._claimed_lock:
@@ -109,19 +138,56 @@ class Reclaimer:
         items = job.items
         if items is None:
             with self._claimed_lock:
+                self._leftover_queued.discard(job.directory)
                 claimed = {name for directory, name in self._claimed if directory == job.directory}
-            items = [Item(name, _step_of(name), "leftover")
-                     for name in reaper.trash_entries(job.trash_fd) if name not in claimed]
+            present = reaper.trash_entries(job.trash_fd)
+            self._forget_gone(job.directory, set(present))
+            now = self._clock()
+            items = [Item(name, reaper.trash_step(name), "leftover") for name in present
+                     if name not in claimed and self._due(job.directory, name, now)]
         sizes = self._measure(job, items)
         for item in items:
             stats = reaper.reclaim(job.trash_fd, [item.trash_name], workers=self._workers)
             self._add_pending(-sizes.get(item.trash_name, 0))
             if stats.pending or stats.problems:
-                log.warning("reclaim_incomplete", directory=job.directory,
-                            entry=item.trash_name, pending=bool(stats.pending),
-                            problems=stats.problems[:5], retry="next rescan")
-            if stats.files or stats.directories or not (stats.pending or stats.problems):
+                self._failed(job.directory, item, stats)
+            else:
+                self._succeeded(job.directory, item)
                 self._on_deleted(job.directory, item, stats)
+
+    def _due(self, directory: str, name: str, now: float) -> bool:
+        retry = self._retries.get((directory, name))
+        return retry is None or now >= retry.next_at
+
+    def _failed(self, directory: str, item: Item, stats: reaper.ReclaimStats) -> None:
+        """Back off this entry; log only the first failure of an episode."""
+        key = (directory, item.trash_name)
+        retry = self._retries.get(key)
+        now = self._clock()
+        if retry is None:
+            retry = self._retries[key] = _Retry(RETRY_FIRST_S, now + RETRY_FIRST_S)
+            name = protocol.printable(item.trash_name)
+            log.warning("reclaim_failed", directory=directory, entry=name, step=item.step,
+                        why=stats.failed.get(name, "busy (open files on NFS?)"),
+                        problems=stats.problems[:5], freed_bytes=stats.bytes,
+                        action=f"left in the trash; retried with backoff from "
+                               f"{RETRY_FIRST_S:g} s up to {RETRY_MAX_S:g} s")
+            return
+        retry.failures += 1
+        retry.delay_s = min(retry.delay_s * 2, RETRY_MAX_S)
+        retry.next_at = now + retry.delay_s
+
+    def _succeeded(self, directory: str, item: Item) -> None:
+        retry = self._retries.pop((directory, item.trash_name), None)
+        if retry is not None:
+            log.info("reclaim_recovered", directory=directory,
+                     entry=protocol.printable(item.trash_name), step=item.step,
+                     failed_attempts=retry.failures)
+
+    def _forget_gone(self, directory: str, present: set[str]) -> None:
+        """Entries no longer in the trash (removed by hand) end their episode."""
+        for key in [k for k in self._retries if k[0] == directory and k[1] not in present]:
+            del self._retries[key]
 
     def _measure(self, job: Job, items: list[Item]) -> dict[str, int]:
         """Sizes for the trash-pending gauge; only measured when someone exports it."""
@@ -137,6 +203,8 @@ class Reclaimer:
             self._on_pending_bytes(self._pending_bytes)
 
 
-def _step_of(trash_name: str) -> int | None:
-    head = trash_name.split(".", 1)[0]
-    return int(head) if head.isdigit() and head.isascii() else None
+def _already_queued(directory: str) -> Job:
+    """What submit returns for a leftover job already waiting: a finished no-op (no fd)."""
+    job = Job(directory, -1, None)
+    job.done.set()
+    return job
