@@ -11,7 +11,9 @@ manifest, then mark it loaded. The daemon (`janitor run`, a real process) reconc
   not below every consumer's published marker, an interval multiple or a kept step gone, a step
   present but not whole, trash left after the final pass);
 - load failures: a consumer found a file of the step it was loading gone (must be 0);
-- disk high-water mark of the tree (trash included), daemon RSS and open fds over time;
+- disk high-water mark of the tree (trash included), daemon RSS and open fds over time; the daemon
+  runs under RLIMIT_NOFILE=256 and its open fds (/proc/<pid>/fd, sampled every second) must stay
+  flat: an error if they grow by more than FD_SLACK;
 - reaction latency: effective marker published -> every step it dooms gone (percentiles).
 
 Run: python bench/soak.py --minutes 10. Results go to bench/results/ (gitignored).
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,6 +47,11 @@ JANITOR = str(Path(sys.executable).with_name("janitor"))
 CONSUMERS = ("", "eval", "upload")
 INTERVAL_TO_KEEP = 1000
 MANIFEST = "manifest.json"
+# The daemon runs with few fds, as under systemd's LimitNOFILE: a leak shows as EMFILE, not only as
+# a growing count. Its open fds may move by a few (a reclaim job's dup'ed trash fd, an inotify
+# read in flight), never grow with the number of steps.
+DAEMON_NOFILE = 256
+FD_SLACK = 6
 
 
 @dataclass
@@ -242,7 +250,9 @@ def soak(minutes: float, base: Path, seed: int = 0, rate: float = 20.0) -> dict[
         [JANITOR, "run", str(directory), "--audit-log", str(audit), "--log-format", "json",
          "--interval-to-keep", str(INTERVAL_TO_KEEP), "--rescan-interval", "5"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")})
+        env={k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")},
+        preexec_fn=_few_fds)  # noqa: PLW1509 (no thread is running yet)
+    nofile = _open_files_limit(daemon.pid)
     shared = Shared(directory)
     samples: list[dict[str, Any]] = []
     threads = [threading.Thread(target=trainer, args=(shared, rate, random.Random(rng.random())))]
@@ -264,7 +274,27 @@ def soak(minutes: float, base: Path, seed: int = 0, rate: float = 20.0) -> dict[
     if once != 0:
         shared.errors.append(f"final janitor run --once exited {once}")
     final_checks(shared, audit)
-    return _figures(shared, samples, audit, time.monotonic() - started, minutes)
+    figures = _figures(shared, samples, audit, time.monotonic() - started, minutes)
+    figures["daemon_nofile"] = nofile
+    if nofile != DAEMON_NOFILE:
+        shared.errors.append(f"the daemon's RLIMIT_NOFILE is {nofile}, not {DAEMON_NOFILE}")
+    if figures["fds_max"] is not None and figures["fds_max"] - figures["fds_first"] > FD_SLACK:
+        shared.errors.append(f"the daemon's open fds grew from {figures['fds_first']} to "
+                             f"{figures['fds_max']} (more than {FD_SLACK})")
+    return figures
+
+
+def _few_fds() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, DAEMON_NOFILE))
+
+
+def _open_files_limit(pid: int) -> int | None:
+    """The soft RLIMIT_NOFILE of process `pid`, from /proc/<pid>/limits."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
 
 
 def _final_pass(daemon: subprocess.Popen[bytes], directory: Path, audit: Path) -> int:
@@ -339,7 +369,7 @@ def main() -> None:
         print(f"  {line}")
     print(f"disk high-water: {figures['disk_high_water_bytes'] / 2**20:.1f} MiB")
     print(f"daemon fds: first {figures['fds_first']} max {figures['fds_max']} "
-          f"last {figures['fds_last']}")
+          f"last {figures['fds_last']} (RLIMIT_NOFILE {figures['daemon_nofile']})")
     rss = {k: (figures[f"rss_{k}"] or 0) / 2**20 for k in ("first", "max", "last")}
     print(f"daemon RSS MiB: first {rss['first']:.1f} max {rss['max']:.1f} last {rss['last']:.1f}")
     print("reaction latency (marker -> doomed steps gone): " + "  ".join(
