@@ -46,6 +46,10 @@ def walk_stats(dir_fd: int, name: str, *, strict: bool) -> Iterator[os.stat_resu
     followed, no other filesystem entered). Entries that vanish mid-walk are passed over; other
     errors propagate when `strict`, else that corner is skipped."""
     onexc = walk.raise_all if strict else walk.pass_over
-    for visit in walk.walk(dir_fd, name, onexc=onexc):
-        if visit.kind != "leave":
-            yield visit.st
+    try:
+        for visit in walk.walk(dir_fd, name, onexc=onexc):
+            if visit.kind != "leave":
+                yield visit.st
+    except OSError:  # the walk stopped: a tree swapped under it, no fd left to re-open with
+        if strict:
+            raise

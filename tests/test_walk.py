@@ -223,6 +223,28 @@ def test_a_directory_replaced_between_listing_and_open_stops_that_entry_only(
     assert not (where / "other").exists()  # the next entry was still reclaimed
 
 
+def test_sizes_of_a_tree_swapped_mid_walk_end_quietly_or_raise_when_strict(
+        trash: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """tree_size is a report (it ends quietly); newest_in_tree feeds a decision (it raises)."""
+    where, fd = trash
+    _entry_with_a_subdirectory(where)
+    outside = _outside(where.parent)
+
+    def swap() -> None:
+        (where / "entry" / "a" / "b").rename(where.parent / "moved")
+        outside.rename(where / "entry" / "a" / "b")
+
+    fds = open_fds()
+    _before_opening(monkeypatch, "b", swap)
+    assert sizes.tree_size(fd, "entry") > 0
+    (where / "entry" / "a" / "b").rename(outside)
+    (where.parent / "moved").rename(where / "entry" / "a" / "b")
+    _before_opening(monkeypatch, "b", swap)
+    with pytest.raises(walk.TreeSwappedError):
+        sizes.newest_in_tree(fd, "entry")
+    assert open_fds() == fds
+
+
 def test_an_ancestor_swapped_while_its_fd_was_closed_is_caught_on_reopen(
         trash: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
     where, fd = trash
