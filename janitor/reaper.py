@@ -8,6 +8,7 @@ trash is reclaimed by the next one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -345,15 +346,16 @@ def _remove(parent_fd: int, name: str, dev: int, stats: ReclaimStats, errors: _E
     once emptied. Directories of ours with modes that block the walk are made u+rwx first: they
     are in the trash, doomed, and a janitor that is not root could otherwise never reclaim them
     (0500 read-only copies are common)."""
-    for visit in walk.walk(parent_fd, name, onexc=errors, dev=dev, max_fds=max_fds,
-                           own_modes=True):
-        if visit.kind == "entry":
-            if _attempt(os.unlink, visit.name, visit.fd, errors):
+    visits = walk.walk(parent_fd, name, onexc=errors, dev=dev, max_fds=max_fds, own_modes=True)
+    with contextlib.closing(visits):  # its fds are closed here, whatever happens
+        for visit in visits:
+            if visit.kind == "entry":
+                if _attempt(os.unlink, visit.name, visit.fd, errors):
+                    stats.bytes += freed_by(visit.st)
+                    stats.files += 1
+            elif visit.kind == "leave" and _attempt(os.rmdir, visit.name, visit.fd, errors):
                 stats.bytes += freed_by(visit.st)
-                stats.files += 1
-        elif visit.kind == "leave" and _attempt(os.rmdir, visit.name, visit.fd, errors):
-            stats.bytes += freed_by(visit.st)
-            stats.directories += 1
+                stats.directories += 1
 
 
 def remove_entry(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> None:

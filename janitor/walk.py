@@ -19,7 +19,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,7 +74,7 @@ class _Frame:
 
 
 def walk(base_fd: int, name: str, *, onexc: ErrorPolicy = raise_all, dev: int | None = None,
-         max_fds: int = MAX_FDS, own_modes: bool = False) -> Iterator[Visit]:
+         max_fds: int = MAX_FDS, own_modes: bool = False) -> Generator[Visit, None, None]:
     """Walk `name` (relative to `base_fd`, which stays open throughout) and all below it.
 
     `dev` is the filesystem not to leave (default: that of `name` itself). With `own_modes`, a
