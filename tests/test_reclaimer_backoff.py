@@ -1,0 +1,85 @@
+"""The reclaim worker's backoff: a failing trash entry is retried after 1 s, 2 s, 4 s ... at most
+every 10 min (per directory and trash name), not at every rescan. The clock is a fake one here,
+the trash a real directory, the reclaim the real one except for the entry made to fail."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from janitor import reaper, reclaimer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failing_entry_is_retried_with_exponential_backoff_and_reset_on_success(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trash = tmp_path / "trash"
+    (trash / "3.1.1.0" / "sub").mkdir(parents=True)
+    (trash / "4.1.1.0").mkdir()
+    attempts: list[tuple[float, str]] = []
+    real = reaper.reclaim
+    failing = {"3.1.1.0"}
+
+    def counted(trash_fd: int, names: list[str] | None = None, *,
+                workers: int = 1) -> reaper.ReclaimStats:
+        assert names is not None
+        attempts.append((clock.now, names[0]))
+        if names[0] in failing:
+            return reaper.ReclaimStats(pending=[names[0]], problems=[f"{names[0]}: no"],
+                                       failed={names[0]: "permission denied at sub"})
+        return real(trash_fd, names, workers=workers)
+
+    monkeypatch.setattr(reaper, "reclaim", counted)
+    deleted: list[str] = []
+    clock = Clock()
+    worker = reclaimer.Reclaimer(lambda _d, item, _s: deleted.append(item.trash_name), None,
+                                 clock=clock)
+    fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def rescan(at: float) -> None:
+            clock.now = at
+            worker.submit("dir", fd, None)
+            assert worker.drain(10)
+
+        rescan(1000.0)  # fails (first of the episode); 4.1.1.0 goes
+        assert deleted == ["4.1.1.0"]
+        for tenth in range(1, 700):  # a rescan every 0.1 s for 70 s
+            rescan(1000.0 + tenth / 10)
+        for ten in range(8, 300):  # then every 10 s up to 3000 s
+            rescan(1000.0 + ten * 10)
+        tried = [at - 1000.0 for at, name in attempts if name == "3.1.1.0"]
+        assert tried[:7] == pytest.approx([0, 1, 3, 7, 15, 31, 63], abs=0.11)
+        # waits of 64, 128, 256, 512 s, then capped at 600 s, each seen at the next 10 s rescan
+        assert tried[7:] == pytest.approx([130, 260, 520, 1040, 1640, 2240, 2840], abs=0.11)
+
+        failing.clear()
+        rescan(1000.0 + 3500)  # due again: now it works, and the episode ends
+        assert deleted == ["4.1.1.0", "3.1.1.0"]
+        assert os.listdir(trash) == []
+    finally:
+        os.close(fd)
+
+
+def test_only_one_leftover_job_per_directory_waits_in_the_queue(tmp_path: Path) -> None:
+    trash = tmp_path / "trash"
+    trash.mkdir()
+    fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        worker = reclaimer.Reclaimer(lambda *_: None, None)
+        before = len(os.listdir("/proc/self/fd"))
+        jobs = [worker.submit("dir", fd, None) for _ in range(200)]
+        held = len(os.listdir("/proc/self/fd")) - before
+        assert worker.drain(10)
+        assert held <= 2  # one queued, one maybe running: not 200 dup'ed trash fds
+        assert all(job.done.is_set() for job in jobs)
+    finally:
+        os.close(fd)
