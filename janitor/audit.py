@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from janitor import protocol
 from janitor.policy import Decision, Plan, Policy
 from janitor.scan import Snapshot
 
@@ -111,21 +114,143 @@ def deletion_record(snapshot: Snapshot, plan: Plan, policy: Policy,
     }
 
 
+# A record is under a kilobyte; a longer line is not a record and is never held in memory whole.
+MAX_LINE_BYTES = 1024 * 1024
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK, "a symlink"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of an audit log: its record, or why it is none. Line 0: the whole file."""
+
+    file: str  # the file's name, printable
+    line: int
+    record: dict[str, Any] | None
+    problem: str | None = None
+
+
+class _ConstantError(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, no JSON writer (nor the janitor)
+    writes them."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _ConstantError(name)
+
+
+def read_log(path: Path) -> Iterator[LogLine]:
+    """Every line of the log and its rotated siblings (`path.N`, oldest first), read in binary
+    and decoded line by line; never raises for what it finds on disk.
+
+    A sibling that is not a regular file (a directory, a FIFO, a device, a symlink, never
+    followed) is one problem line and is not opened; `path` itself is followed, the user named it.
+    A missing `path` yields nothing (the caller decides whether that is an error).
+    """
+    directory = path.parent
+    prefix = f"{path.name}."
+    try:
+        names = os.listdir(directory)
+    except OSError as exc:
+        names = []
+        yield LogLine(protocol.printable(str(directory)), 0, None,
+                      f"cannot list the directory for rotated logs: {exc.strerror or exc}")
+    rotated = sorted(((int(n[len(prefix):]), n) for n in names if n.startswith(prefix)
+                      and n[len(prefix):].isascii() and n[len(prefix):].isdigit()), reverse=True)
+    for _, name in rotated:
+        yield from _read_file(directory / name, follow=False)
+    yield from _read_file(path, follow=True)
+
+
+def _read_file(path: Path, *, follow: bool) -> Iterator[LogLine]:
+    name = protocol.printable(path.name)
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:
+        if not follow:
+            yield LogLine(name, 0, None, "vanished while reading (rotated meanwhile?)")
+        return
+    except OSError as exc:
+        yield LogLine(name, 0, None, f"cannot read: {exc.strerror or exc}")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        yield LogLine(name, 0, None, f"not a regular file ({_kind(st.st_mode)}); not read")
+        return
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        yield LogLine(name, 0, None, f"cannot read: {exc.strerror or exc}")
+        return
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between lstat and open
+            yield LogLine(name, 0, None, "not a regular file (replaced while opening); not read")
+            return
+        number = 0
+        while True:
+            try:
+                raw = handle.readline(MAX_LINE_BYTES + 1)
+                too_long = len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n")
+                while too_long and raw and not raw.endswith(b"\n"):
+                    raw = handle.readline(MAX_LINE_BYTES)
+            except OSError as exc:
+                yield LogLine(name, number + 1, None, f"cannot read: {exc.strerror or exc}")
+                return
+            if not raw and not too_long:
+                return
+            number += 1
+            if too_long:
+                yield LogLine(name, number, None, f"a line longer than {MAX_LINE_BYTES} bytes, "
+                                                  "not a record")
+                continue
+            yield _parse_line(name, number, raw)
+
+
+def _kind(mode: int) -> str:
+    return next((kind for test, kind in _KINDS if test(mode)), "not a file")
+
+
+def _parse_line(name: str, number: int, raw: bytes) -> LogLine:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return LogLine(name, number, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                                           f"{exc.start}): not a record")
+    try:
+        record = json.loads(text, parse_constant=_no_constant)
+    except _ConstantError as exc:
+        return LogLine(name, number, None, f"not a JSON record (non-standard constant {exc})")
+    except RecursionError:
+        return LogLine(name, number, None, "not a JSON record (nested too deeply)")
+    except json.JSONDecodeError:
+        return LogLine(name, number, None, "not a JSON record (torn or edited line)")
+    except Exception as exc:  # noqa: BLE001 (e.g. a number beyond int's digit limit)
+        why = protocol.printable(str(exc))[:120]
+        return LogLine(name, number, None, f"not a JSON record ({type(exc).__name__}: {why})")
+    if not isinstance(record, dict):
+        return LogLine(name, number, None, f"not a JSON object ({json_kind(record)})")
+    return LogLine(name, number, record)
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in words: 'a string', 'an object', 'null', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, words in ((int, "an integer"), (float, "a number"), (str, "a string"),
+                        (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return words
+    return type(value).__name__
+
+
 def read_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
     """Every record of the log and its rotated siblings, oldest first: (file, line, record).
 
-    A line that does not parse yields None (a torn last line after a crash, or tampering).
+    A line that is not a record yields None (a torn last line after a crash, or tampering); a
+    file that cannot be read yields (file, 0, None). read_log says why.
     """
-    rotated = sorted(path.parent.glob(f"{path.name}.*"),
-                     key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
-    for file in [*[p for p in rotated if p.suffix[1:].isdigit()], path]:
-        if not file.exists():
-            continue
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    yield file.name, number, None
-                    continue
-                yield file.name, number, record if isinstance(record, dict) else None
+    for item in read_log(path):
+        yield item.file, item.line, item.record

@@ -20,14 +20,15 @@ _SYSTEM_DIRS = frozenset({
 
 def refusal(path: str) -> str | None:
     """Why `path` must not be a root (`/`, a home or system directory), or None when fine."""
-    real = os.path.realpath(path)
+    real, shown = os.path.realpath(path), protocol.printable(path)
     if real in _SYSTEM_DIRS:
-        return f"{path} is a system directory; point the janitor at the checkpoint directory itself"
+        return (f"{shown} is a system directory; "
+                "point the janitor at the checkpoint directory itself")
     homes = {os.path.realpath(os.path.expanduser("~"))}
     with contextlib.suppress(OSError):
         homes.update(os.path.realpath(p.pw_dir) for p in pwd.getpwall() if p.pw_dir != "/")
     if real in homes:
-        return f"{path} is a home directory; point the janitor at the checkpoint directory itself"
+        return f"{shown} is a home directory; point the janitor at the checkpoint directory itself"
     return None
 
 
@@ -83,15 +84,16 @@ def _look(path: str) -> tuple[bool, list[str]]:
 
 def check_root(path: str) -> tuple[int, str] | None:
     """Why `path` cannot be a root, as (exit code, one line), or None when it can."""
+    shown = protocol.printable(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return exitcodes.USAGE, f"{path} does not exist; check the path (is the volume mounted?)"
+        return exitcodes.USAGE, f"{shown} does not exist; check the path (is the volume mounted?)"
     except PermissionError:
-        return exitcodes.ERROR, (f"{path} is not accessible (permission denied); "
+        return exitcodes.ERROR, (f"{shown} is not accessible (permission denied); "
                                  "run as a user who can read it")
     if not stat.S_ISDIR(st.st_mode):
-        return exitcodes.USAGE, (f"{path} is not a directory; "
+        return exitcodes.USAGE, (f"{shown} is not a directory; "
                                  "give the directory that holds the step_* directories")
     why = refusal(path)
     return None if why is None else (exitcodes.REFUSED, why)

@@ -146,9 +146,24 @@ def is_staging_name(name: str) -> bool:
     return name.startswith(STAGING_PREFIX)
 
 
-def printable(name: str) -> str:
-    """A one-line, printable rendering of a directory entry name (newlines, invalid UTF-8, ...)."""
-    raw = name.encode("utf-8", "surrogateescape")
+# Surrogates that surrogateescape cannot turn back into a byte (U+D800-U+DC7F, U+DD00-U+DFFF): a
+# lone one can come from a JSON "\\ud800" escape; shown as that escape.
+_FOREIGN_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
+def printable(name: str | bytes) -> str:
+    """A one-line, printable rendering of a directory entry name or path (newlines, invalid UTF-8,
+    lone surrogates, ...): the one escaping function for everything the janitor prints.
+
+    A str is taken as the OS gave it (undecodable bytes as surrogateescape); bytes are raw. The
+    result encodes to UTF-8 without error and holds no control character, so it is one line in
+    text and a valid string in JSON.
+    """
+    if isinstance(name, bytes):
+        raw = name
+    else:
+        tamed = _FOREIGN_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", name)
+        raw = tamed.encode("utf-8", "surrogateescape")
     text = raw.decode("utf-8", "backslashreplace")
     if text.isprintable():
         return text

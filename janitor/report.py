@@ -49,7 +49,7 @@ def directory_text(report: DirectoryReport, dry_run: bool) -> list[str]:
     if report.result is None:
         return []
     snap, plan = report.result.snapshot, report.result.plan
-    lines = [f"{report.path}: {_progress_text(report)}"]
+    lines = [f"{protocol.printable(report.path)}: {_progress_text(report)}"]
     width = max((len(protocol.printable(e.name)) for e in snap.entries), default=8)
     for decision in plan.decisions:
         name = protocol.printable(decision.entry.name)
@@ -82,7 +82,7 @@ def _progress_text(report: DirectoryReport) -> str:
 
 def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
     """The same facts as directory_text, as plain data."""
-    out: dict[str, object] = {"path": report.path, "refused": report.refused,
+    out: dict[str, object] = {"path": protocol.printable(report.path), "refused": report.refused,
                               "error": report.error}
     if report.result is None:
         return out

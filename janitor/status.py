@@ -30,7 +30,7 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
             try:
                 reports.append(_directory(path, policy, options))
             except OSError as exc:
-                problem(f"{path}: {exc.strerror or exc}")
+                problem(f"{protocol.printable(path)}: {exc.strerror or exc}")
                 code = exitcodes.ERROR
     return code, reports
 
@@ -51,8 +51,8 @@ def _directory(path: str, policy: Policy, options: ScanOptions) -> dict[str, obj
     newest = plan.newest_complete
     loaded = plan.progress.loaded_step
     return {
-        "path": path,
-        "consumers": [{"file": c.filename, "step": c.step, "problem": c.problem,
+        "path": protocol.printable(path),
+        "consumers": [{"file": protocol.printable(c.filename), "step": c.step, "problem": c.problem,
                        "age_s": round((now - c.mtime_ns) / 1e9, 1) if c.mtime_ns else None}
                       for c in snapshot.consumers],
         "loaded_step": loaded,
@@ -83,7 +83,7 @@ def render(reports: list[dict[str, object]]) -> list[str]:
     """Readable lines for people; the JSON form carries the same facts."""
     lines: list[str] = []
     for report in reports:
-        lines.append(f"{report['path']}")
+        lines.append(protocol.printable(str(report["path"])))
         daemon = report["daemon"]
         assert isinstance(daemon, dict)
         if daemon.get("running"):

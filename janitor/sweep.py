@@ -45,8 +45,8 @@ def sweep(request: SweepRequest, problem: Callable[[str], None],
             continue
         managed = discover(root, request.max_depth).managed
         if not managed:
-            problem(f"{root}: no step_* directory or LOADED_STEP marker within depth "
-                    f"{request.max_depth}; nothing to do")
+            problem(f"{protocol.printable(root)}: no step_* directory or LOADED_STEP marker "
+                    f"within depth {request.max_depth}; nothing to do")
         for path in managed:
             report = sweep_directory(path, request)
             codes.append(_code(report, request.dry_run))
@@ -60,6 +60,7 @@ def sweep(request: SweepRequest, problem: Callable[[str], None],
 def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     """One managed directory, start to finish; never raises for a problem a user can meet."""
     report = DirectoryReport(path)
+    shown = protocol.printable(path)
     try:
         with ManagedDirectory(path, dry_run=request.dry_run, policy=request.policy,
                               options=request.options, audit=request.audit) as directory:
@@ -74,14 +75,14 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
                 if entry.name not in report.sizes:
                     report.sizes[entry.name] = tree_size(directory.fd, entry.name)
     except lock.LockHeldError as exc:
-        report.refused = str(exc)
+        report.refused = protocol.printable(str(exc))
     except reserved.UnsafeObjectError as exc:
-        report.refused = f"{path}: {exc.strerror}"
+        report.refused = f"{shown}: {exc.strerror}"
     except OSError as exc:
-        report.error = f"{path}: {_os_error_line(exc)}"
+        report.error = f"{shown}: {_os_error_line(exc)}"
     else:
         if result.plan.halted is not None:
-            report.refused = (f"{path}: {result.plan.halted}; deleting nothing here until the "
+            report.refused = (f"{shown}: {result.plan.halted}; deleting nothing here until the "
                               "consumer writes a valid marker")
     return report
 
@@ -98,18 +99,19 @@ def _os_error_line(exc: OSError) -> str:
 
 
 def _problems(report: DirectoryReport) -> list[str]:
+    shown = protocol.printable(report.path)
     lines = [line for line in (report.error, report.refused) if line]
-    lines.extend(f"{report.path}: could not reclaim {p}" for p in
+    lines.extend(f"{shown}: could not reclaim {p}" for p in
                  report.reclaimed.problems + report.leftover.problems)
     if report.result is not None:
         # Foreign step-like names are never touched, but a person should hear about each once.
-        lines.extend(f"{report.path}: {protocol.printable(f.name)}: foreign, never touched "
+        lines.extend(f"{shown}: {protocol.printable(f.name)}: foreign, never touched "
                      f"({f.reason})" for f in report.result.snapshot.foreign)
-        lines.extend(f"{report.path}: {protocol.printable(s.entry.name)} kept: {s.why}"
+        lines.extend(f"{shown}: {protocol.printable(s.entry.name)} kept: {s.why}"
                      for s in report.result.skipped if s.failed)
     pending = report.reclaimed.pending + report.leftover.pending
     if pending:
-        lines.append(f"{report.path}: {len(pending)} trash entries are busy (open files on NFS?);"
+        lines.append(f"{shown}: {len(pending)} trash entries are busy (open files on NFS?);"
                      " they will be retried on the next run")
     return lines
 
