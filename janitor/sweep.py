@@ -11,7 +11,7 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from janitor import exitcodes, lock, protocol, reserved
+from janitor import exitcodes, lock, protocol, reaper, reserved
 from janitor.audit import AuditLog
 from janitor.managed import ManagedDirectory
 from janitor.paths import check_root, discover
@@ -79,7 +79,8 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     except reserved.UnsafeObjectError as exc:
         report.refused = f"{shown}: {exc.strerror}"
     except OSError as exc:
-        report.error = f"{shown}: {_os_error_line(exc)}"
+        moved = 0 if report.result is None else len(report.result.trashed)
+        report.error = f"{shown}: {_os_error_line(exc, moved)}"
     else:
         if result.plan.halted is not None:
             report.refused = (f"{shown}: {result.plan.halted}; deleting nothing here until the "
@@ -87,7 +88,13 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     return report
 
 
-def _os_error_line(exc: OSError) -> str:
+def _os_error_line(exc: OSError, moved: int = 0) -> str:
+    """One line for an OSError that ended a directory's sweep, saying what was done before it:
+    steps already moved into the trash are gone from the tree (whole, in the trash), and a later
+    run reclaims them."""
+    if moved:
+        return (f"moved {_steps(moved)} to the trash, then: {exc.strerror or exc}; what is in the "
+                "trash is reclaimed on the next run")
     if exc.errno == errno.EROFS:
         return "read-only filesystem; nothing can be deleted here (use --dry-run to inspect)"
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -98,18 +105,44 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}; nothing was deleted in this directory"
 
 
+def _steps(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def _reclaim_lines(report: DirectoryReport) -> list[str]:
+    """One line per trash entry whose reclaim failed, saying what was done and what was not."""
+    path = protocol.printable(report.path)
+    trashed = [] if report.result is None else report.result.trashed
+    steps = {protocol.printable(t.trash_name): t.entry.number for t in trashed}
+    lines = []
+    for name, why in report.leftover.failed.items():
+        what = _what(name, reaper.trash_step(name))
+        lines.append(f"{path}: could not reclaim {what} left in the trash by an earlier run: "
+                     f"{why}; retried on the next run")
+    for name, why in report.reclaimed.failed.items():
+        lines.append(f"{path}: moved {_steps(len(trashed))} to the trash; could not reclaim "
+                     f"{_what(name, steps.get(name))}: {why}; it stays in the trash (the step is "
+                     "gone from the tree) and is retried on the next run")
+    return lines
+
+
+def _what(trash_name: str, step: int | None) -> str:
+    return trash_name + (f" (step {step})" if step is not None else "")
+
+
 def _problems(report: DirectoryReport) -> list[str]:
     shown = protocol.printable(report.path)
     lines = [line for line in (report.error, report.refused) if line]
-    lines.extend(f"{shown}: could not reclaim {p}" for p in
-                 report.reclaimed.problems + report.leftover.problems)
+    lines.extend(_reclaim_lines(report))
     if report.result is not None:
         # Foreign step-like names are never touched, but a person should hear about each once.
         lines.extend(f"{shown}: {protocol.printable(f.name)}: foreign, never touched "
                      f"({f.reason})" for f in report.result.snapshot.foreign)
         lines.extend(f"{shown}: {protocol.printable(s.entry.name)} kept: {s.why}"
                      for s in report.result.skipped if s.failed)
-    pending = report.reclaimed.pending + report.leftover.pending
+    failed = report.reclaimed.failed.keys() | report.leftover.failed.keys()
+    pending = [name for name in report.reclaimed.pending + report.leftover.pending
+               if name not in failed]
     if pending:
         lines.append(f"{shown}: {len(pending)} trash entries are busy (open files on NFS?);"
                      " they will be retried on the next run")
@@ -117,7 +150,7 @@ def _problems(report: DirectoryReport) -> list[str]:
 
 
 def _code(report: DirectoryReport, dry_run: bool) -> int:
-    if report.error or report.reclaimed.problems or report.leftover.problems:
+    if report.error or report.reclaimed.failed or report.leftover.failed:
         return exitcodes.ERROR
     if report.result is not None and any(s.failed for s in report.result.skipped):
         return exitcodes.ERROR
