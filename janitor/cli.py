@@ -6,10 +6,8 @@ A user error is one line on stderr, `janitor: error: ...`, and exit code 2; see 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ import click
 import structlog
 
 from janitor import __version__, audit, exitcodes, protocol
+from janitor import options as strict
 from janitor.audit import AuditLog
 from janitor.policy import Policy, PolicyError
 from janitor.report import DirectoryReport, directory_json, directory_text, human_bytes
@@ -32,34 +31,37 @@ F = Callable[..., Any]
 def policy_options(command: F) -> F:
     """The options every command that plans shares, each with its JANITOR_* variable."""
     options = [
-        click.option("--interval-to-keep", type=int, default=None,
-                     envvar="JANITOR_INTERVAL_TO_KEEP", show_envvar=True,
-                     help="Keep every step whose number is a multiple of N."),
-        click.option("--keep-last", type=int, default=1, show_default=True,
-                     envvar="JANITOR_KEEP_LAST", show_envvar=True,
-                     help="Keep the K newest complete steps."),
-        click.option("--gate/--no-gate", default=True, show_default=True, envvar="JANITOR_GATE",
-                     show_envvar=True,
-                     help="Delete only below the loaded step (LOADED_STEP markers). "
-                          "--no-gate ignores consumers: only keep-last protects steps."),
-        click.option("--complete-marker", "complete_markers", multiple=True,
-                     default=(protocol.DEFAULT_COMPLETE_MARKER,), show_default=True,
-                     envvar="JANITOR_COMPLETE_MARKER", show_envvar=True,
-                     help="File whose presence marks a step complete (repeatable: any counts).",
-                     metavar="NAME"),
-        click.option("--progress", type=click.Choice(["loaded-step", "receiver-ready"]),
-                     default="loaded-step", show_default=True, envvar="JANITOR_PROGRESS",
-                     show_envvar=True,
-                     help="Where consumer progress is read: LOADED_STEP markers, or per-step "
-                          ".receiver_ready sentinels."),
-        click.option("--partial-grace", type=float, default=600.0, show_default=True,
-                     envvar="JANITOR_PARTIAL_GRACE", show_envvar=True, metavar="SECONDS",
-                     help="Incomplete steps and staging dirs changed more recently are kept."),
-        click.option("--max-depth", type=click.IntRange(min=0), default=3, show_default=True,
-                     envvar="JANITOR_MAX_DEPTH", show_envvar=True,
-                     help="How deep under each root to look for managed directories."),
-        click.option("--dry-run", is_flag=True, envvar="JANITOR_DRY_RUN", show_envvar=True,
-                     help="Decide and print, change nothing on disk (no lock, no trash)."),
+        strict.option("--interval-to-keep", type=strict.INTERVAL_TO_KEEP, default=None,
+                      envvar="JANITOR_INTERVAL_TO_KEEP", show_envvar=True,
+                      help="Keep every step whose number is a multiple of N."),
+        strict.option("--keep-last", type=strict.KEEP_LAST, default=1, show_default=True,
+                      envvar="JANITOR_KEEP_LAST", show_envvar=True,
+                      help="Keep the K newest complete steps."),
+        strict.option("--gate/--no-gate", type=strict.BOOL, default=True, show_default=True,
+                      envvar="JANITOR_GATE", show_envvar=True,
+                      help="Delete only below the loaded step (LOADED_STEP markers). "
+                           "--no-gate ignores consumers: only keep-last protects steps."),
+        strict.option("--complete-marker", "complete_markers", type=strict.MARKER, multiple=True,
+                      default=(protocol.DEFAULT_COMPLETE_MARKER,), show_default=True,
+                      envvar="JANITOR_COMPLETE_MARKER", show_envvar=True,
+                      help="File whose presence marks a step complete (repeatable: any counts; "
+                           "the variable takes names separated by spaces).",
+                      metavar="NAME"),
+        strict.option("--progress", type=click.Choice(["loaded-step", "receiver-ready"]),
+                      default="loaded-step", show_default=True, envvar="JANITOR_PROGRESS",
+                      show_envvar=True,
+                      help="Where consumer progress is read: LOADED_STEP markers, or per-step "
+                           ".receiver_ready sentinels."),
+        strict.option("--partial-grace", type=strict.PARTIAL_GRACE, default=600.0,
+                      show_default=True, envvar="JANITOR_PARTIAL_GRACE", show_envvar=True,
+                      metavar="SECONDS",
+                      help="Incomplete steps and staging dirs changed more recently are kept."),
+        strict.option("--max-depth", type=strict.MAX_DEPTH, default=3, show_default=True,
+                      envvar="JANITOR_MAX_DEPTH", show_envvar=True,
+                      help="How deep under each root to look for managed directories."),
+        strict.option("--dry-run", is_flag=True, type=strict.BOOL, envvar="JANITOR_DRY_RUN",
+                      show_envvar=True,
+                      help="Decide and print, change nothing on disk (no lock, no trash)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -68,18 +70,19 @@ def policy_options(command: F) -> F:
 
 def audit_option(command: F) -> F:
     """--audit-log and --reclaim-workers: the options of the commands that delete."""
-    command = click.option(
-        "--reclaim-workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+    command = strict.option(
+        "--reclaim-workers", type=strict.RECLAIM_WORKERS, default=1, show_default=True,
         envvar="JANITOR_RECLAIM_WORKERS", show_envvar=True, metavar="N",
         help="Threads freeing a step's subdirectories at once: worth it on NFS or Lustre, where "
              "every unlink is a round trip.",
     )(command)
-    return click.option(
-        "--audit-log", default="auto", show_default=True, envvar="JANITOR_AUDIT_LOG",
-        show_envvar=True, metavar="PATH|auto|off",
+    return strict.option(
+        "--audit-log", type=strict.AUDIT_LOG, default="auto", show_default=True,
+        envvar="JANITOR_AUDIT_LOG", show_envvar=True, metavar="PATH|auto|off",
         help="Append one fsynced JSON line per deletion here (keep it outside the managed "
              "directories). auto: $STATE_DIRECTORY/audit.jsonl under systemd, else "
-             "~/.local/state/ckpt-janitor/audit.jsonl, skipped with a warning if unwritable.",
+             "~/.local/state/ckpt-janitor/audit.jsonl, skipped with a warning if unwritable. "
+             "A relative PATH is refused from JANITOR_AUDIT_LOG.",
     )(command)
 
 
@@ -114,10 +117,7 @@ def _could_create(path: Path) -> bool:
 
 def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
     """The Policy and ScanOptions from parsed options; a bad combination is a usage error."""
-    markers = tuple(kwargs.pop("complete_markers"))
-    for marker in markers:
-        if not marker or "/" in marker or marker in (".", ".."):
-            raise click.UsageError(f"--complete-marker {marker!r} must be a plain file name")
+    markers = tuple(kwargs.pop("complete_markers"))  # each checked by strict.MARKER
     try:
         policy = Policy(gated=kwargs.pop("gate"), interval_to_keep=kwargs.pop("interval_to_keep"),
                         keep_last=kwargs.pop("keep_last"),
@@ -137,10 +137,12 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="PATH...")
+@strict.argument("paths", nargs=-1, required=True, type=strict.ROOTS, envvar="JANITOR_ROOTS",
+                 metavar="PATH...")
 @policy_options
 @audit_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
+               help="Print one JSON document instead of text.")
 def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, reclaim_workers: int,
           **kwargs: Any) -> None:
     """One pass over each managed directory under PATH: decide, print, delete.
@@ -177,28 +179,19 @@ def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, reclaim_workers
 
 
 def _problem_line(line: str) -> None:
-    """One problem, one line on stderr, whatever names it holds (printable is idempotent)."""
-    click.echo(f"janitor: {protocol.printable(line)}", err=True)
+    click.echo(f"janitor: {line}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: click without its multi-line usage dumps; one line per user error.
-
-    Names are escaped by protocol.printable where they are printed; as a backstop, stdout and
-    stderr escape what they cannot encode (a surrogate-escaped byte under PYTHONIOENCODING=utf-8,
-    anything non-ASCII under an ASCII locale) instead of raising.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
+    """Entry point: click without its multi-line usage dumps; one line per user error."""
     try:
         cli.main(args=argv, prog_name="janitor", standalone_mode=False)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "janitor"
-        _problem_line(f"error: {exc.format_message()} (see '{command} --help')")
+        click.echo(f"janitor: error: {exc.format_message()} (see '{command} --help')", err=True)
         sys.exit(exitcodes.USAGE)
     except click.ClickException as exc:
-        _problem_line(f"error: {exc.format_message()}")
+        click.echo(f"janitor: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("janitor: interrupted", err=True)
@@ -207,51 +200,48 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @cli.command()
-@click.argument("roots", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="ROOT...")
+@strict.argument("roots", nargs=-1, required=True, type=strict.ROOTS, envvar="JANITOR_ROOTS",
+                 metavar="ROOT...")
 @policy_options
 @audit_option
-@click.option("--watch", type=click.Choice(["auto", "inotify", "poll"]), default="auto",
-              show_default=True, envvar="JANITOR_WATCH", show_envvar=True,
-              help="auto polls network and FUSE filesystems (inotify cannot see other hosts' "
-                   "writes there) and uses inotify elsewhere.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-              envvar="JANITOR_POLL_INTERVAL", show_envvar=True, metavar="SECONDS",
-              help="How often polled directories are checked for changes.")
-@click.option("--rescan-interval", type=click.FloatRange(min=0.1), default=30.0,
-              show_default=True, envvar="JANITOR_RESCAN_INTERVAL", show_envvar=True,
-              metavar="SECONDS", help="Every directory is reconciled at least this often.")
-@click.option("--metrics-addr", default=None, envvar="JANITOR_METRICS_ADDR", show_envvar=True,
-              metavar="[HOST:]PORT",
-              help="Serve /metrics and /healthz here (host defaults to 127.0.0.1). Off if unset.")
-@click.option("--once", is_flag=True, envvar="JANITOR_ONCE", show_envvar=True,
-              help="One full pass (and reclaim), then exit.")
-@click.option("--exit-with-pid", type=int, default=None, envvar="JANITOR_EXIT_WITH_PID",
-              show_envvar=True, metavar="PID",
-              help="After this process exits, do a final pass and exit.")
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
-              show_default=True, envvar="JANITOR_LOG_FORMAT", show_envvar=True,
-              help="auto: JSON lines unless stderr is a terminal.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True, envvar="JANITOR_LOG_LEVEL", show_envvar=True)
+@strict.option("--watch", type=click.Choice(["auto", "inotify", "poll"]), default="auto",
+               show_default=True, envvar="JANITOR_WATCH", show_envvar=True,
+               help="auto polls network and FUSE filesystems (inotify cannot see other hosts' "
+                    "writes there) and uses inotify elsewhere.")
+@strict.option("--poll-interval", type=strict.POLL_INTERVAL, default=2.0, show_default=True,
+               envvar="JANITOR_POLL_INTERVAL", show_envvar=True, metavar="SECONDS",
+               help="How often polled directories are checked for changes.")
+@strict.option("--rescan-interval", type=strict.RESCAN_INTERVAL, default=30.0,
+               show_default=True, envvar="JANITOR_RESCAN_INTERVAL", show_envvar=True,
+               metavar="SECONDS", help="Every directory is reconciled at least this often.")
+@strict.option("--metrics-addr", type=strict.METRICS_ADDR, default=None,
+               envvar="JANITOR_METRICS_ADDR", show_envvar=True, metavar="[HOST:]PORT",
+               help="Serve /metrics and /healthz here (host defaults to 127.0.0.1). Off if unset.")
+@strict.option("--once", is_flag=True, type=strict.BOOL, envvar="JANITOR_ONCE", show_envvar=True,
+               help="One full pass (and reclaim), then exit.")
+@strict.option("--exit-with-pid", type=strict.EXIT_WITH_PID, default=None,
+               envvar="JANITOR_EXIT_WITH_PID", show_envvar=True, metavar="PID",
+               help="After this process exits, do a final pass and exit.")
+@strict.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
+               show_default=True, envvar="JANITOR_LOG_FORMAT", show_envvar=True,
+               help="auto: JSON lines unless stderr is a terminal.")
+@strict.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+               default="info", show_default=True, envvar="JANITOR_LOG_LEVEL", show_envvar=True)
 def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interval: float,
-        metrics_addr: str | None, once: bool, exit_with_pid: int | None, log_format: str,
-        log_level: str, audit_log: str, reclaim_workers: int, **kwargs: Any) -> None:
+        metrics_addr: tuple[str, int] | None, once: bool, exit_with_pid: int | None,
+        log_format: str, log_level: str, audit_log: str, reclaim_workers: int,
+        **kwargs: Any) -> None:
     """Watch ROOT and keep every managed directory below it reconciled until stopped.
 
     Stops on SIGTERM or SIGINT with exit 0. Exit 2 usage, 4 refused (another janitor holds a
     directory), 5 error (the watcher died and could not be restarted).
     """
     from janitor.daemon import Daemon, DaemonConfig, StartupError
-    from janitor.health_http import parse_addr
     from janitor.logs import configure_logging
 
     dry_run = bool(kwargs.pop("dry_run"))
     max_depth = int(kwargs.pop("max_depth"))
     policy, options = build_policy(kwargs)
-    try:
-        addr = parse_addr(metrics_addr) if metrics_addr else None
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     configure_logging(log_format, log_level)  # type: ignore[arg-type]
     audit_file, audit_off = open_audit(audit_log, dry_run)
     if audit_off:
@@ -260,7 +250,7 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
     config = DaemonConfig(roots=tuple(roots), policy=policy, options=options, dry_run=dry_run,
                           max_depth=max_depth, watch=watch,  # type: ignore[arg-type]
                           poll_interval_s=poll_interval, rescan_interval_s=rescan_interval,
-                          metrics_addr=addr, once=once, exit_with_pid=exit_with_pid,
+                          metrics_addr=metrics_addr, once=once, exit_with_pid=exit_with_pid,
                           audit=audit_file, reclaim_workers=reclaim_workers)
     try:
         code = Daemon(config).run()
@@ -271,9 +261,11 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
 
 
 @cli.command()
-@click.argument("roots", nargs=-1, required=True, envvar="JANITOR_ROOTS", metavar="ROOT...")
+@strict.argument("roots", nargs=-1, required=True, type=strict.ROOTS, envvar="JANITOR_ROOTS",
+                 metavar="ROOT...")
 @policy_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
+               help="Print one JSON document instead of text.")
 def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Show each managed directory: consumers, lag, what the policy would do, trash, lock holder.
 
@@ -299,37 +291,19 @@ def audit_group() -> None:
 
 
 @audit_group.command(name="verify")
-@click.argument("log_path", metavar="AUDIT_LOG", type=click.Path(dir_okay=False))
+@strict.argument("log_path", metavar="AUDIT_LOG", type=strict.FILE_PATH)
 def audit_verify(log_path: str) -> None:
-    """Replay AUDIT_LOG (and its rotated files AUDIT_LOG.N) against the invariants.
+    """Replay AUDIT_LOG (and its rotated files) against the invariants.
 
-    Prints one line per violation (a line that is not a well-formed record, a rotated file that is
-    not a regular file, or a broken invariant) and a summary.
-
-    Exit codes: 0 every record sound, 1 any violation (including an unreadable, malformed or
-    mistyped record, or a rotated file that cannot be read), 2 usage (AUDIT_LOG empty,
-    missing, unreadable, or not a regular file).
+    Prints one line per violation and a summary. Exit 0 when sound, 1 on any violation.
     """
     from janitor.audit_verify import verify
 
-    if not log_path:
-        raise click.UsageError("AUDIT_LOG is empty; give the janitor's --audit-log path")
-    shown = protocol.printable(log_path)
-    try:
-        mode = os.stat(log_path).st_mode
-    except FileNotFoundError:
-        raise click.UsageError(f"{shown} does not exist; give the janitor's --audit-log path"
-                               ) from None
-    except OSError as exc:
-        raise click.UsageError(f"{shown}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise click.UsageError(f"{shown} is not a regular file; give the janitor's --audit-log "
-                               "path")
-    if not os.access(log_path, os.R_OK):
-        raise click.UsageError(f"{shown} is not readable; run as a user who can read it")
+    if not Path(log_path).exists():
+        raise click.UsageError(f"{log_path} does not exist; give the janitor's --audit-log path")
     verdict = verify(Path(log_path))
     for line in verdict.violations:
-        click.echo(f"violation: {protocol.printable(line)}")
+        click.echo(f"violation: {line}")
     not_done = (f"; {verdict.skipped} of the deletions were not carried out (step left whole)"
                 if verdict.skipped else "")
     click.echo(f"{verdict.records} records, {verdict.deletions} deletions checked, "

@@ -139,7 +139,10 @@ KINDS = ("directory", "file", "hardlink-outside", "symlink-dangling", "symlink-o
 # step_1 as changed-after-marker and the object would never be put to the test).
 IN_STEP = (f"step_1/{protocol.PIN_FILE}", f"step_1/{protocol.DEFAULT_COMPLETE_MARKER}")
 TOP = (protocol.TRASH_DIR, protocol.LOCK_FILE, protocol.LOADED_MARKER,
-       f"{protocol.LOADED_MARKER}.eval", f"{protocol.STAGING_PREFIX}7.abc")
+       f"{protocol.LOADED_MARKER}.eval", f"{protocol.STAGING_PREFIX}7.abc",
+       # An entry left in a real trash (a killed run's leftover), as any kind of object: a bind
+       # mount ON it must not be walked, a symlink not followed, a hard link only unlinked.
+       f"{protocol.TRASH_DIR}/5.1.1.0")
 COMMANDS = (("sweep",), ("sweep", "--dry-run"), ("status",), ("run", "--once"))
 
 
@@ -168,6 +171,10 @@ def run_scenario(name: str, kind: str, command: tuple[str, ...], as_nobody: bool
             if name in TOP:
                 if name == protocol.LOADED_MARKER:
                     (tree / name).unlink()
+                if "/" in name:
+                    (tree / protocol.TRASH_DIR).mkdir(0o700)
+                    if as_nobody:
+                        os.chown(tree / protocol.TRASH_DIR, NOBODY_UID, NOBODY_UID)
                 _plant_as(tree / name, kind, outside, mounted, as_nobody)
             degrade(tree, fs)
             outside_before = tree_state(outside)
@@ -386,3 +393,20 @@ def test_daemon_whose_lock_file_is_replaced_gives_the_directory_up() -> None:
                 assert other.reconcile().trashed
         finally:
             assert first.stop() == 0
+
+
+@pytest.mark.parametrize("command", [("sweep",), ("run", "--once")])
+def test_bind_mount_on_a_trash_entry_is_never_walked(command: tuple[str, ...]) -> None:
+    """Found by our own pass: a mount ON a leftover trash entry (not inside it) was walked and the
+    outside directory emptied; the mount table check looked only strictly inside entries."""
+    with scene() as (tree, outside):
+        build(tree, STEPS)
+        publish_marker(tree, LOADED)
+        (tree / protocol.TRASH_DIR).mkdir(0o700)
+        before = tree_state(outside)
+        with bind_mount(outside / "dir", tree / protocol.TRASH_DIR / "5.1.1.0"):
+            ran = run_janitor(*command, tree, "--audit-log", "off")
+            assert tree_state(outside) == before
+        assert "Traceback" not in ran.stderr
+        assert "holds a mount point" in ran.stderr, ran
+        assert set(step_numbers(tree)) == {4, 5}
