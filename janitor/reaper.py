@@ -8,16 +8,18 @@ trash is reclaimed by the next one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import count
 
-from janitor import protocol, reserved
+from janitor import protocol, reserved, walk
 from janitor.mounts import mount_points, mount_points_under
 from janitor.scan import Entry, newest_entry_ns
 
@@ -57,6 +59,8 @@ class ReclaimStats:
     # Trash entries that could not be finished this time (busy, permission, another mount).
     pending: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Trash entries whose reclaim failed (not merely busy): printable name -> why, in words.
+    failed: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: ReclaimStats) -> None:
         self.bytes += other.bytes
@@ -64,6 +68,7 @@ class ReclaimStats:
         self.directories += other.directories
         self.pending.extend(other.pending)
         self.problems.extend(other.problems)
+        self.failed.update(other.failed)
 
 
 def freed_by(st: os.stat_result) -> int:
@@ -201,13 +206,16 @@ def trash_entries(trash_fd: int) -> list[str]:
 def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) -> ReclaimStats:
     """Remove trash entries (all of them by default), counting what was freed.
 
-    An entry that cannot be finished now (busy NFS files, permissions, a mount inside) stays in the
-    trash, listed in `pending`, and is tried again by the next reclaim.
+    An entry that cannot be finished now (busy NFS files, permissions, a mount inside, a tree
+    swapped mid-walk, no fd left) stays in the trash, listed in `pending` (and, unless merely
+    busy, in `failed` with the reason), and is tried again by a later reclaim; it never stops
+    the reclaim of the other entries. The walk is janitor.walk's: bounded fds at any depth, no
+    symlink followed, no mount point crossed.
 
     With `workers` > 1 the subdirectories of each entry are removed concurrently by a thread pool
     (os.unlink releases the GIL). That pays on network filesystems (NFS, Lustre), where every
-    unlink is a round trip to the server; on a local disk expect little. The walk is the same
-    fd-based one: no symlink followed, no mount point crossed.
+    unlink is a round trip to the server; on a local disk expect little. The fd budget is shared
+    out among the workers.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -217,11 +225,12 @@ def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) 
     todo = _without_mounts(trash_fd, wanted, stats)
     if workers == 1:
         for name in todo:
-            remove_entry(trash_fd, name, dev, stats)
+            _reclaim_entry(trash_fd, name, dev, stats, None)
     else:
         with ThreadPoolExecutor(workers, thread_name_prefix="janitor-reclaim") as pool:
+            parallel = _Parallel(pool, max(2, walk.MAX_FDS // workers))
             for name in todo:
-                _remove_entry_parallel(pool, trash_fd, name, dev, stats)
+                _reclaim_entry(trash_fd, name, dev, stats, parallel)
     for name in wanted:
         if _exists(trash_fd, name):
             stats.pending.append(protocol.printable(name))
@@ -241,47 +250,174 @@ def _without_mounts(trash_fd: int, names: list[str], stats: ReclaimStats) -> lis
         return names
     kept = []
     for name in names:
-        inside = mount_points_under(os.path.join(trash_path, name), points)
+        entry = os.path.join(trash_path, name)
+        # A mount ON the entry itself counts too: a bind mount of an outside directory at
+        # `.janitor-trash/<entry>` would otherwise be walked and emptied.
+        inside = [p for p in points if p == entry] + mount_points_under(entry, points)
         if inside:
-            stats.problems.append(f"{protocol.printable(name)}: holds a mount point "
-                                  f"({protocol.printable(inside[0])}); unmount it first")
+            why = f"holds a mount point ({protocol.printable(inside[0])}); unmount it first"
+            stats.problems.append(f"{protocol.printable(name)}: {why}")
+            stats.failed[protocol.printable(name)] = why
         else:
             kept.append(name)
     return kept
 
 
-def _remove_entry_parallel(pool: ThreadPoolExecutor, parent_fd: int, name: str, dev: int,
-                           stats: ReclaimStats) -> None:
-    """remove_entry, with each top-level subdirectory removed by a pool worker."""
+@dataclass(frozen=True, slots=True)
+class _Parallel:
+    pool: ThreadPoolExecutor
+    fds_each: int  # each worker's share of the fd budget
+
+
+def _reclaim_entry(trash_fd: int, name: str, dev: int, stats: ReclaimStats,
+                   parallel: _Parallel | None) -> None:
+    """Reclaim one trash entry; whatever fails is recorded in `stats`, never raised."""
+    errors = _EntryErrors(name)
+    entry_stats = ReclaimStats()
     try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        _unlink(parent_fd, name, st, stats)
-        return
-    fd = _open_child_dir(parent_fd, name, dev, stats)
-    if fd is None:
+        if parallel is None:
+            _remove(trash_fd, name, dev, entry_stats, errors, walk.MAX_FDS)
+        else:
+            _remove_entry_parallel(parallel, trash_fd, name, dev, entry_stats, errors)
+    except OSError as exc:  # the walk stopped: a swapped tree, no fd left, EIO
+        errors.stopped(exc)
+    stats.add(entry_stats)
+    errors.report(stats)
+
+
+class _EntryErrors:
+    """What went wrong reclaiming one trash entry: the walk's error policy (onexc) and the
+    failures of unlink and rmdir. Busy or non-empty is expected and only leaves the entry
+    pending; anything else is a failure with a reason. Thread-safe (parallel reclaim)."""
+
+    def __init__(self, entry: str) -> None:
+        self.entry = entry
+        self.first: str | None = None
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, exc: OSError, where: str) -> None:
+        if exc.errno in _OUT_OF_RESOURCES:
+            raise exc  # nothing further in this entry can work now: stop it, go on to the next
+        self.note(exc, where)
+
+    def note(self, exc: OSError, where: str) -> None:
+        if exc.errno in _RETRY_LATER:
+            return
+        with self._lock:
+            self.count += 1
+            if self.first is None:
+                self.first = f"{_words(exc)} at {self._inside(where)}"
+
+    def stopped(self, exc: OSError) -> None:
+        where = exc.where if isinstance(exc, walk.TreeSwappedError) else self.entry
+        with self._lock:
+            self.count += 1
+            self.first = f"{_words(exc)} at {self._inside(where)}; stopped"
+
+    def report(self, stats: ReclaimStats) -> None:
+        if self.first is None:
+            return
+        name = protocol.printable(self.entry)
+        more = f" (and {self.count - 1} more)" if self.count > 1 else ""
+        stats.problems.append(f"{name}: {self.first}{more}")
+        stats.failed[name] = self.first + more
+
+    def _inside(self, where: str) -> str:
+        """`where` relative to the entry, for the message."""
+        head = self.entry + "/"
+        if where.startswith(head):
+            return protocol.printable(where[len(head):])
+        return "its top" if where == self.entry else protocol.printable(where)
+
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def _words(exc: OSError) -> str:
+    """'Permission denied' -> 'permission denied' (it goes mid-sentence)."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _remove(parent_fd: int, name: str, dev: int, stats: ReclaimStats, errors: _EntryErrors,
+            max_fds: int) -> None:
+    """Remove `name` under `parent_fd` entirely: unlink each non-directory, rmdir each directory
+    once emptied. Directories of ours with modes that block the walk are made u+rwx first: they
+    are in the trash, doomed, and a janitor that is not root could otherwise never reclaim them
+    (0500 read-only copies are common)."""
+    visits = walk.walk(parent_fd, name, onexc=errors, dev=dev, max_fds=max_fds, own_modes=True)
+    with contextlib.closing(visits):  # its fds are closed here, whatever happens
+        for visit in visits:
+            if visit.kind == "entry":
+                if _attempt(os.unlink, visit.name, visit.fd, errors):
+                    stats.bytes += freed_by(visit.st)
+                    stats.files += 1
+            elif visit.kind == "leave" and _attempt(os.rmdir, visit.name, visit.fd, errors):
+                stats.bytes += freed_by(visit.st)
+                stats.directories += 1
+
+
+def remove_entry(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> None:
+    """Remove `name` under `parent_fd` entirely, without following symlinks or leaving `dev`;
+    a failure is recorded in `stats` (problems, failed), never raised."""
+    _reclaim_entry(parent_fd, name, dev, stats, None)
+
+
+def _remove_entry_parallel(parallel: _Parallel, parent_fd: int, name: str, dev: int,
+                           stats: ReclaimStats, errors: _EntryErrors) -> None:
+    """_remove, with each top-level subdirectory removed by a pool worker (its own walk)."""
+    fd = walk.open_directory(parent_fd, name, dev=dev, own_modes=True)
+    if fd is None:  # gone, or not a directory: nothing to share out
+        _remove(parent_fd, name, dev, stats, errors, walk.MAX_FDS)
         return
     jobs: list[tuple[Future[None], ReclaimStats]] = []
     try:
-        for child in _unlink_files(fd, dev, stats):
+        with os.scandir(fd) as listing:
+            items = list(listing)
+        for item in items:
+            try:
+                st = item.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                errors.note(exc, f"{name}/{item.name}")
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                if _attempt(os.unlink, item.name, fd, errors):
+                    stats.bytes += freed_by(st)
+                    stats.files += 1
+                continue
             child_stats = ReclaimStats()  # one per worker: no shared mutable state
-            jobs.append((pool.submit(_remove_tree, fd, child, dev, child_stats), child_stats))
-    except BaseException:
+            jobs.append((parallel.pool.submit(_remove_child, fd, item.name, dev, child_stats,
+                                              errors, parallel.fds_each), child_stats))
+    finally:
+        # Never close `fd` while a worker may still open names relative to it: a reused fd
+        # number would point the walk at another directory.
         wait([job for job, _ in jobs])
-        os.close(fd)
-        raise
-    # Never close `fd` while a worker may still open names relative to it: a reused fd number
-    # would point the walk at another directory.
-    wait([job for job, _ in jobs])
-    failed = next((job.exception() for job, _ in jobs if job.exception() is not None), None)
-    if failed is not None:
-        os.close(fd)
-        raise failed
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
     for _, child_stats in jobs:
         stats.add(child_stats)
-    _remove_directory(fd, parent_fd, name, stats)
+    if _attempt(os.rmdir, name, parent_fd, errors):
+        stats.bytes += freed_by(st)
+        stats.directories += 1
+
+
+def _remove_child(parent_fd: int, name: str, dev: int, stats: ReclaimStats,
+                  errors: _EntryErrors, max_fds: int) -> None:
+    try:
+        _remove(parent_fd, name, dev, stats, errors, max_fds)
+    except OSError as exc:  # this subtree stopped; the entry stays and is retried as a whole
+        errors.stopped(exc)
+
+
+def trash_step(trash_name: str) -> int | None:
+    """The step number a trash name says it was (see trash_name); None for staging or foreign."""
+    head = trash_name.split(".", 1)[0]
+    return int(head) if head.isdigit() and head.isascii() else None
 
 
 def _exists(dir_fd: int, name: str) -> bool:
@@ -292,112 +428,13 @@ def _exists(dir_fd: int, name: str) -> bool:
     return True
 
 
-def remove_entry(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> None:
-    """Remove `name` under `parent_fd` entirely, without following symlinks or leaving `dev`."""
-    try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return  # already done (by an earlier, killed run)
-    if stat.S_ISDIR(st.st_mode):
-        _remove_tree(parent_fd, name, dev, stats)
-    else:
-        _unlink(parent_fd, name, st, stats)
-
-
-def _attempt(remove: Callable[..., None], name: str, dir_fd: int, stats: ReclaimStats) -> bool:
+def _attempt(remove: Callable[..., None], name: str, dir_fd: int, errors: _EntryErrors) -> bool:
     """One unlink or rmdir of `name`: True if it happened; gone already is done, a failure noted."""
     try:
         remove(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError as exc:
-        _note_failure(stats, name, exc)
+        errors.note(exc, name)
         return False
     return True
-
-
-def _unlink(dir_fd: int, name: str, st: os.stat_result, stats: ReclaimStats) -> None:
-    if _attempt(os.unlink, name, dir_fd, stats):
-        stats.bytes += freed_by(st)
-        stats.files += 1
-
-
-def _note_failure(stats: ReclaimStats, name: str, exc: OSError) -> None:
-    # Busy or non-empty is expected and retried silently (the entry shows as pending); anything
-    # else is worth a line in the log.
-    if exc.errno not in _RETRY_LATER:
-        stats.problems.append(f"{protocol.printable(name)}: {exc.strerror}")
-
-
-@dataclass(slots=True)
-class _Frame:
-    fd: int
-    parent_fd: int
-    name: str
-    subdirs: list[str]
-
-
-def _remove_tree(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> None:
-    """Iterative fd-based rmtree: a stack of open directories, deepest last, no recursion."""
-    fd = _open_child_dir(parent_fd, name, dev, stats)
-    if fd is None:
-        return
-    stack = [_Frame(fd, parent_fd, name, _unlink_files(fd, dev, stats))]
-    while stack:
-        frame = stack[-1]
-        if frame.subdirs:
-            child = frame.subdirs.pop()
-            child_fd = _open_child_dir(frame.fd, child, dev, stats)
-            if child_fd is not None:
-                stack.append(_Frame(child_fd, frame.fd, child,
-                                    _unlink_files(child_fd, dev, stats)))
-            continue
-        stack.pop()
-        _remove_directory(frame.fd, frame.parent_fd, frame.name, stats)
-
-
-def _remove_directory(fd: int, parent_fd: int, name: str, stats: ReclaimStats) -> None:
-    """Close the emptied directory `fd` and rmdir it (`name` under `parent_fd`)."""
-    st = os.fstat(fd)
-    os.close(fd)
-    if _attempt(os.rmdir, name, parent_fd, stats):
-        stats.bytes += freed_by(st)
-        stats.directories += 1
-
-
-def _open_child_dir(parent_fd: int, name: str, dev: int, stats: ReclaimStats) -> int | None:
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink or file: unlink it
-            _unlink(parent_fd, name, os.stat(name, dir_fd=parent_fd, follow_symlinks=False),
-                    stats)
-        else:
-            _note_failure(stats, name, exc)
-        return None
-    if os.fstat(fd).st_dev != dev:
-        os.close(fd)
-        stats.problems.append(f"{protocol.printable(name)}: a mount point, not crossed")
-        return None
-    return fd
-
-
-def _unlink_files(fd: int, dev: int, stats: ReclaimStats) -> list[str]:
-    """Unlink every non-directory in `fd`; return the subdirectories still to descend into."""
-    subdirs: list[str] = []
-    with os.scandir(fd) as listing:
-        items = list(listing)  # list first: unlinking while reading a directory may skip entries
-    for item in items:
-        try:
-            st = item.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            _unlink(fd, item.name, st, stats)
-        elif st.st_dev != dev:
-            stats.problems.append(f"{protocol.printable(item.name)}: a mount point, not crossed")
-        else:
-            subdirs.append(item.name)
-    return subdirs
