@@ -6,8 +6,10 @@ A user error is one line on stderr, `janitor: error: ...`, and exit code 2; see 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -179,19 +181,28 @@ def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, reclaim_workers
 
 
 def _problem_line(line: str) -> None:
-    click.echo(f"janitor: {line}", err=True)
+    """One problem, one line on stderr, whatever names it holds (printable is idempotent)."""
+    click.echo(f"janitor: {protocol.printable(line)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: click without its multi-line usage dumps; one line per user error."""
+    """Entry point: click without its multi-line usage dumps; one line per user error.
+
+    Names are escaped by protocol.printable where they are printed; as a backstop, stdout and
+    stderr escape what they cannot encode (a surrogate-escaped byte under PYTHONIOENCODING=utf-8,
+    anything non-ASCII under an ASCII locale) instead of raising.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="janitor", standalone_mode=False)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "janitor"
-        click.echo(f"janitor: error: {exc.format_message()} (see '{command} --help')", err=True)
+        _problem_line(f"error: {exc.format_message()} (see '{command} --help')")
         sys.exit(exitcodes.USAGE)
     except click.ClickException as exc:
-        click.echo(f"janitor: error: {exc.format_message()}", err=True)
+        _problem_line(f"error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("janitor: interrupted", err=True)
@@ -293,17 +304,35 @@ def audit_group() -> None:
 @audit_group.command(name="verify")
 @strict.argument("log_path", metavar="AUDIT_LOG", type=strict.FILE_PATH)
 def audit_verify(log_path: str) -> None:
-    """Replay AUDIT_LOG (and its rotated files) against the invariants.
+    """Replay AUDIT_LOG (and its rotated files AUDIT_LOG.N) against the invariants.
 
-    Prints one line per violation and a summary. Exit 0 when sound, 1 on any violation.
+    Prints one line per violation (a line that is not a well-formed record, a rotated file that is
+    not a regular file, or a broken invariant) and a summary.
+
+    Exit codes: 0 every record sound, 1 any violation (including an unreadable, malformed or
+    mistyped record, or a rotated file that cannot be read), 2 usage (AUDIT_LOG empty,
+    missing, unreadable, or not a regular file).
     """
     from janitor.audit_verify import verify
 
-    if not Path(log_path).exists():
-        raise click.UsageError(f"{log_path} does not exist; give the janitor's --audit-log path")
+    if not log_path:
+        raise click.UsageError("AUDIT_LOG is empty; give the janitor's --audit-log path")
+    shown = protocol.printable(log_path)
+    try:
+        mode = os.stat(log_path).st_mode
+    except FileNotFoundError:
+        raise click.UsageError(f"{shown} does not exist; give the janitor's --audit-log path"
+                               ) from None
+    except OSError as exc:
+        raise click.UsageError(f"{shown}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise click.UsageError(f"{shown} is not a regular file; give the janitor's --audit-log "
+                               "path")
+    if not os.access(log_path, os.R_OK):
+        raise click.UsageError(f"{shown} is not readable; run as a user who can read it")
     verdict = verify(Path(log_path))
     for line in verdict.violations:
-        click.echo(f"violation: {line}")
+        click.echo(f"violation: {protocol.printable(line)}")
     not_done = (f"; {verdict.skipped} of the deletions were not carried out (step left whole)"
                 if verdict.skipped else "")
     click.echo(f"{verdict.records} records, {verdict.deletions} deletions checked, "
