@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from janitor import protocol
+from janitor import protocol, reserved
 from janitor.policy import Decision, Plan, Policy
 from janitor.scan import Snapshot
 
@@ -53,8 +53,22 @@ class AuditLog:
         self._fd = -1 if lazy else self._open()
 
     def _open(self) -> int:
+        """Open for appending, verified after opening like every file the janitor writes: a
+        regular file of its own, never through a symlink, never blocking on a FIFO (a FIFO with
+        no reader would hang the first deletion; a hard link would append to another file)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        action = "give the path of a plain file, or 'off'"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
+        except OSError as exc:
+            raise reserved.open_error(exc, str(self.path), action) from None
+        try:
+            reserved.check_plain_file(fd, str(self.path), action=action)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def close(self) -> None:
         with self._lock:
@@ -116,9 +130,6 @@ def deletion_record(snapshot: Snapshot, plan: Plan, policy: Policy,
 
 # A record is under a kilobyte; a longer line is not a record and is never held in memory whole.
 MAX_LINE_BYTES = 1024 * 1024
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK, "a symlink"),
-          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +186,7 @@ def _read_file(path: Path, *, follow: bool) -> Iterator[LogLine]:
         yield LogLine(name, 0, None, f"cannot read: {exc.strerror or exc}")
         return
     if not stat.S_ISREG(st.st_mode):
-        yield LogLine(name, 0, None, f"not a regular file ({_kind(st.st_mode)}); not read")
+        yield LogLine(name, 0, None, f"not a regular file ({reserved.kind(st.st_mode)}); not read")
         return
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
@@ -205,10 +216,6 @@ def _read_file(path: Path, *, follow: bool) -> Iterator[LogLine]:
                                                   "not a record")
                 continue
             yield _parse_line(name, number, raw)
-
-
-def _kind(mode: int) -> str:
-    return next((kind for test, kind in _KINDS if test(mode)), "not a file")
 
 
 def _parse_line(name: str, number: int, raw: bytes) -> LogLine:

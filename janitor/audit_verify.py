@@ -1,4 +1,4 @@
-"""`janitor audit verify`: replay an audit log against the invariants of DESIGN.md.
+"""`janitor audit verify`: replay an audit log against the invariants (docs/design.md).
 
 Each deletion record is checked on its own (invariants 1-6: below the loaded step, not an interval
 multiple, not the newest complete step nor a newer partial, not changed after the licensing marker,

@@ -18,7 +18,7 @@ from typing import Any
 import click
 import structlog
 
-from janitor import __version__, audit, exitcodes, protocol
+from janitor import __version__, audit, exitcodes, protocol, reserved
 from janitor import options as strict
 from janitor.audit import AuditLog
 from janitor.policy import Policy, PolicyError
@@ -104,6 +104,8 @@ def open_audit(value: str, dry_run: bool) -> tuple[AuditLog | None, str | None]:
         return AuditLog(path, lazy=True), None
     try:
         return AuditLog(Path(value)), None
+    except reserved.UnsafeObjectError as exc:  # the line names the path and what to do
+        raise click.UsageError(f"--audit-log {exc.strerror}") from None
     except OSError as exc:
         raise click.UsageError(f"--audit-log {value}: {exc.strerror or exc}; "
                                "give a writable path or 'off'") from None

@@ -101,13 +101,20 @@ def _other_mount(fd: int, expected: int | None, what: str) -> str | None:
     return None if actual == expected else what
 
 
-def check_file(fd: int, name: str, home_mount: int | None, *, action: str) -> os.stat_result:
-    """The fstat of `fd` if it is a regular file of its own (one link) on the home mount."""
+def check_plain_file(fd: int, name: str, *, action: str) -> os.stat_result:
+    """The fstat of `fd` if it is a regular file of its own (one link: writing it can change
+    no other name's content)."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeObjectError(name, f"is {kind(st.st_mode)}, not a regular file", action)
     if st.st_nlink != 1:
         raise UnsafeObjectError(name, f"is a hard link ({st.st_nlink} names for one file)", action)
+    return st
+
+
+def check_file(fd: int, name: str, home_mount: int | None, *, action: str) -> os.stat_result:
+    """The fstat of `fd` if it is a regular file of its own (one link) on the home mount."""
+    st = check_plain_file(fd, name, action=action)
     other = _other_mount(fd, home_mount, "is on another mount (a bind mount?)")
     if other is not None:
         raise UnsafeObjectError(name, other, action)
@@ -137,7 +144,7 @@ def open_error(exc: OSError, name: str, action: str) -> OSError:
     where a file belongs) become UnsafeObjectError; others (EACCES, EROFS, ENOSPC) pass through.
     """
     what = {errno.ELOOP: "is a symlink (never followed)",
-            errno.ENXIO: "is a socket or a device with nothing behind it",
+            errno.ENXIO: "is a FIFO, socket or device with nothing behind it",
             errno.EISDIR: "is a directory, not a regular file",
             errno.ENOTDIR: "is not a directory"}.get(exc.errno or 0)
     if what is None:

@@ -8,9 +8,11 @@ not yet freed (and a hard-linked shard frees nothing). What a deletion freed is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,12 +189,17 @@ def test_dry_run_writes_no_record(tmp_path: Path) -> None:
     assert tree_state(tree) == before
 
 
-def test_an_unwritable_audit_log_blocks_every_deletion(tmp_path: Path) -> None:
+def test_an_unwritable_audit_log_blocks_every_deletion(
+        tmp_path: Path, tmpfs_mount: Callable[[Path], Path]) -> None:
     """Fail-closed: the record cannot be written (ENOSPC), so no step goes; each is reported."""
     tree = build(tmp_path / "tree", range(1, 6))
     publish_marker(tree, 4)
-    audit = tmp_path / "audit.jsonl"
-    audit.symlink_to("/dev/full")  # opens fine, every write fails with ENOSPC
+    full = tmpfs_mount(tmp_path / "state", "size=64k")
+    audit = full / "audit.jsonl"
+    audit.touch()
+    with contextlib.suppress(OSError), (full / "filler").open("wb", buffering=0) as filler:
+        while True:  # a real full filesystem: the log opens fine, every write fails ENOSPC
+            filler.write(b"\0" * 4096)
     before = tree_state(tree)
 
     ran = run_janitor("sweep", "--json", "--audit-log", audit, tree)

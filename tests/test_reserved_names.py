@@ -76,10 +76,10 @@ def degrade(tree: Path, fs: str) -> None:
                               capture_output=True, check=False)
         assert done.returncode == 0, done.stderr
     elif fs == "tmpfs-full":
-        with (tree.parent / "filler").open("wb") as filler, contextlib.suppress(OSError):
+        filler_path = tree.parent / "filler"
+        with contextlib.suppress(OSError), filler_path.open("wb", buffering=0) as filler:
             while True:
                 filler.write(b"\0" * 65536)
-                filler.flush()
 
 
 def plant(where: Path, kind: str, outside: Path, mounted: list[Path], *,
@@ -410,3 +410,34 @@ def test_bind_mount_on_a_trash_entry_is_never_walked(command: tuple[str, ...]) -
         assert "Traceback" not in ran.stderr
         assert "holds a mount point" in ran.stderr, ran
         assert set(step_numbers(tree)) == {4, 5}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "hardlink-outside", "symlink-outside-file", "socket"])
+@pytest.mark.parametrize("given", ["explicit", "auto"])
+def test_audit_log_path_as_a_hostile_object_never_hangs_nor_writes_through(
+        kind: str, given: str) -> None:
+    """The audit log is a file the janitor writes: a FIFO with no reader would hang the first
+    deletion, a hard link or symlink would append to another file. Explicit: a usage error at
+    start. auto: every deletion is refused (fail-closed), each with one line."""
+    with scene() as (tree, outside):
+        build(tree, STEPS)
+        publish_marker(tree, LOADED)
+        state = tree.parent / "state"
+        log = state / "ckpt-janitor" / "audit.jsonl"
+        log.parent.mkdir(parents=True)
+        plant(log, kind, outside, [], stranger=NOBODY_UID)
+        before = tree_state(outside)
+        args = ["--audit-log", str(log)] if given == "explicit" else []
+        ran = run_janitor("sweep", tree, *args, env={"XDG_STATE_HOME": str(state)},
+                          timeout_s=20)
+        assert tree_state(outside) == before
+        assert set(step_numbers(tree)) == set(STEPS)
+        assert "Traceback" not in ran.stderr
+        if given == "explicit":
+            assert ran.code == 2, ran
+            assert len(ran.err_lines) == 1 and ran.err_lines[0].startswith(
+                f"janitor: error: --audit-log {log} is "), ran
+        else:
+            assert ran.code == 5, ran
+            assert len(ran.err_lines) == 4, ran  # steps 0-3, one line each
+            assert all("audit log unwritable" in line for line in ran.err_lines)
