@@ -441,3 +441,39 @@ def test_audit_log_path_as_a_hostile_object_never_hangs_nor_writes_through(
             assert ran.code == 5, ran
             assert len(ran.err_lines) == 4, ran  # steps 0-3, one line each
             assert all("audit log unwritable" in line for line in ran.err_lines)
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hostile", ["trash-fifo", "trash-bind-mount", "lock-hard-link"])
+def test_a_refusal_repeated_on_every_pass_keeps_the_daemons_fds_flat(hostile: str) -> None:
+    """100 passes, each refusing the same reserved name again: not one fd more at the end."""
+    with scene() as (tree, outside):
+        build(tree, STEPS)
+        publish_marker(tree, LOADED)
+        mounted: list[Path] = []
+        if hostile == "trash-fifo":
+            os.mkfifo(tree / protocol.TRASH_DIR)
+            event = "reconcile_failed"
+        elif hostile == "trash-bind-mount":
+            plant(tree / protocol.TRASH_DIR, "bind-dir", outside, mounted, stranger=0)
+            event = "reconcile_failed"
+        else:
+            os.link(outside / "precious.bin", tree / protocol.LOCK_FILE)
+            event = "directory_unmanageable"
+        daemon = Daemon(["--rescan-interval", "0.1", "--audit-log", "off", tree])
+        try:
+            daemon.wait_event("ready")
+            wait_until(lambda: len(daemon.named(event)) >= 5, 20.0, f"5 {event} events")
+            baseline = _open_fds(daemon.pid)
+            wait_until(lambda: len(daemon.named(event)) >= 105, 60.0, f"100 more {event}")
+            assert _open_fds(daemon.pid) == baseline
+            assert set(step_numbers(tree)) == set(STEPS)
+            assert (outside / "precious.bin").read_bytes() == PRECIOUS
+        finally:
+            assert daemon.stop() == 0
+            for where in mounted:
+                unmount(where)
