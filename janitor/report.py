@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from janitor import protocol
 from janitor.managed import PassResult
-from janitor.reaper import ReclaimStats
+from janitor.reaper import ReclaimStats, trash_step
 
 
 def human_bytes(count: int) -> str:
@@ -106,7 +106,16 @@ def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
         else [protocol.printable(t.entry.name) for t in report.result.trashed],
         "freed_bytes": report.freed_bytes(dry_run),
         "reclaimed_files": report.reclaimed.files + report.leftover.files,
-        "trash_pending": report.reclaimed.pending,
+        "trash_pending": report.leftover.pending + report.reclaimed.pending,
         "reclaim_problems": report.reclaimed.problems + report.leftover.problems,
+        "reclaim_failed": _reclaim_failed(report),
     })
     return out
+
+
+def _reclaim_failed(report: DirectoryReport) -> list[dict[str, object]]:
+    """Each trash entry whose reclaim failed: what it was, why, and whether it was left by an
+    earlier run (`leftover`) or moved into the trash by this one (the step is gone either way)."""
+    return [{"trash_name": name, "step": trash_step(name), "why": why, "leftover": leftover}
+            for leftover, stats in ((True, report.leftover), (False, report.reclaimed))
+            for name, why in stats.failed.items()]
