@@ -17,6 +17,8 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import Processor
 
+from janitor.protocol import printable
+
 LogFormat = Literal["auto", "json", "console"]
 _FIRST_KEYS = ("timestamp", "level", "logger", "event")
 
@@ -38,6 +40,24 @@ def _leading_keys(
     ordered = {k: event_dict[k] for k in _FIRST_KEYS if k in event_dict}
     ordered.update(event_dict)  # the rest keep their order after the leading keys
     return ordered
+
+
+def _printable_values(
+    _logger: object, _method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Every string a log line carries (a directory path, an entry name, a reason) through the
+    one escaping function the commands use, so a name with a newline, a terminal escape or
+    invalid UTF-8 can neither split a line nor break an encoder; a traceback stays as it is."""
+    return {key: value if key == "exception" else _printable(value)
+            for key, value in event_dict.items()}
+
+
+def _printable(value: object) -> object:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value
 
 
 class _JanitorHandler(logging.StreamHandler[TextIO]):
@@ -65,10 +85,10 @@ def configure_logging(
     renderer: list[Processor]
     if console:
         colors = is_terminal and not os.environ.get("NO_COLOR")
-        renderer = [structlog.dev.ConsoleRenderer(colors=colors)]
+        renderer = [_printable_values, structlog.dev.ConsoleRenderer(colors=colors)]
     else:
         # format_exc_info turns a traceback into one "exception" string: the line stays one line.
-        renderer = [structlog.processors.format_exc_info, _leading_keys,
+        renderer = [structlog.processors.format_exc_info, _printable_values, _leading_keys,
                     structlog.processors.JSONRenderer()]
 
     handler = _JanitorHandler(out)

@@ -167,4 +167,6 @@ def printable(name: str | bytes) -> str:
     text = raw.decode("utf-8", "backslashreplace")
     if text.isprintable():
         return text
-    return repr(text)[1:-1]
+    # Escape each unprintable character alone, so `\xff` reads the same whether or not the
+    # name also holds a newline (escaping the whole string would double every backslash).
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

@@ -100,11 +100,11 @@ def test_problem_lines_about_hostile_roots_are_one_line(tmp_path: Path) -> None:
         _check_lines(ran)
         assert ran.code == 2
         assert ran.err_lines == [
-            f"janitor: {tmp_path}/gone\\n\\\\xff does not exist; check the path (is the volume "
+            f"janitor: {tmp_path}/gone\\n\\xff does not exist; check the path (is the volume "
             "mounted?)",
             f"janitor: {tmp_path}/file\\x1b[31m is not a directory; give the directory that "
             "holds the step_* directories",
-            f"janitor: {tmp_path}/empty\\r\\\\xfe: no step_* directory or LOADED_STEP marker "
+            f"janitor: {tmp_path}/empty\\r\\xfe: no step_* directory or LOADED_STEP marker "
             "within depth 3; nothing to do"]
         status = run_janitor("status", missing, env=env)
         _check_lines(status)
@@ -141,7 +141,7 @@ def test_printable_is_one_printable_line_for_any_name() -> None:
         shown = protocol.printable(name)
         assert shown.isprintable() and protocol.printable(shown) == shown
         shown.encode("utf-8")
-    assert protocol.printable(b"ckpt-\xff\n") == "ckpt-\\\\xff\\n"
+    assert protocol.printable(b"ckpt-\xff\n") == "ckpt-\\xff\\n"
     assert protocol.printable("a\ud800b") == "a\\ud800b"
 
 

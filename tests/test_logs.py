@@ -169,3 +169,21 @@ def test_capture_logs_works_after_configure_logging() -> None:
 def test_bad_arguments_are_one_line(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         configure_logging(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_hostile_names_in_log_fields_stay_on_one_printable_line(fmt: str) -> None:
+    """A directory named with a newline, an escape and invalid UTF-8 (a surrogate after
+    os.fsdecode) is logged through protocol.printable: one line, no raw control byte."""
+    stream = io.StringIO()
+    configure_logging(fmt, "info", stream=stream)  # type: ignore[arg-type]
+    hostile = os.fsdecode(b"/ckpt/run\n\x1b[2J\xff")
+    structlog.get_logger("janitor").warning("deleting_nothing", directory=hostile,
+                                            entries=[hostile])
+    out = stream.getvalue()
+    assert out.count("\n") == 1 and "\x1b" not in out
+    assert "\\x1b[2J" in out and "\\xff" in out
+    if fmt == "json":
+        line = json.loads(out)
+        assert line["directory"] == "/ckpt/run\\n\\x1b[2J\\xff"
+        assert line["entries"] == [line["directory"]]
