@@ -23,6 +23,8 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from janitor import reserved
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_FDS = 16
@@ -96,6 +98,18 @@ class _Walker:
         self.own_modes = own_modes
         self.stack: list[_Frame] = []
         self.open_count = 0
+        self.home_mount: int | None = None
+
+    def _on_home_mount(self, fd: int) -> bool:
+        """Whether the directory `fd` is on the mount the walk started on. st_dev cannot tell a
+        bind mount of the same filesystem, made at any time, even mid-walk; the mount ID can.
+        Costs one read of /proc/self/fdinfo per directory (not per file)."""
+        here = reserved.mount_id(fd)
+        if not self.stack:  # the walk's root: it sets the mount to stay on
+            self.home_mount = here
+            return True
+        # Without mount IDs (no /proc, no statx) the st_dev checks are all there is.
+        return self.home_mount is None or here == self.home_mount
 
     # ---- the walk ------------------------------------------------------------------------
 
@@ -142,6 +156,11 @@ class _Walker:
                 self.onexc(exc, self.where(name))
             return
         st = _verified(fd, dev, ino, self.where(name), self.own_modes)
+        if not self._on_home_mount(fd):
+            os.close(fd)
+            self.onexc(OSError(errno.EXDEV, "a mount point (a bind mount?), not crossed"),
+                       self.where(name))
+            return
         frame = _Frame(name, st, fd, [])
         self.stack.append(frame)
         self.open_count += 1

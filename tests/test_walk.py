@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -340,3 +341,33 @@ def test_random_trees_are_reclaimed_within_bounded_fds_and_nothing_outside_chang
                 if not os.path.islink(path):
                     os.chmod(path, stat.S_IRWXU)
         shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_a_same_filesystem_bind_mount_made_mid_walk_is_not_crossed(tmp_path: Path) -> None:
+    """st_dev cannot tell a bind mount of the same filesystem, and the reclaim's mount-table
+    check runs before the walk: each directory's mount ID is compared as it is entered."""
+    outside = tmp_path / "outside"
+    (outside / "x").mkdir(parents=True)
+    (outside / "x" / "precious").write_bytes(b"p")
+    (tmp_path / "trash" / "e" / "a").mkdir(parents=True)
+    (tmp_path / "trash" / "e" / "z").mkdir()
+    before = tree_state(outside)
+    errors: list[tuple[str, str | None]] = []
+    fd = os.open(tmp_path / "trash", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        visits = walk.walk(fd, "e", onexc=lambda exc, where: errors.append((where, exc.strerror)))
+        assert next(visits).kind == "dir"  # `e` entered; its listing is read next
+        done = subprocess.run(["mount", "--bind", str(outside), str(tmp_path / "trash/e/z")],
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount: {done.stderr.decode().strip()}")
+        try:
+            seen = [(v.kind, v.name) for v in visits]
+        finally:
+            subprocess.run(["umount", str(tmp_path / "trash/e/z")], check=True)
+    finally:
+        os.close(fd)
+    assert ("dir", "z") not in seen and ("entry", "precious") not in seen
+    assert errors == [("e/z", "a mount point (a bind mount?), not crossed")]
+    assert tree_state(outside) == before
