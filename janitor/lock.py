@@ -53,7 +53,7 @@ class DirectoryLock:
         or by a cleanup script), a second janitor would create a new file and lock that one too,
         and two deleters would run (invariant 8). The holder checks before deleting.
         """
-        return self.fd >= 0 and _names_fd(dir_fd, self.fd)
+        return self.fd >= 0 and reserved.still_named(dir_fd, protocol.LOCK_FILE, self.fd)
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -75,7 +75,7 @@ def acquire(dir_fd: int, path: str, policy: dict[str, object],
         fd = _open_verified(dir_fd, os.O_RDWR | os.O_CREAT)
         try:
             _lock_exclusive(fd, path, deadline)
-            if _names_fd(dir_fd, fd):
+            if reserved.still_named(dir_fd, protocol.LOCK_FILE, fd):
                 _write_holder(fd, policy)
                 return DirectoryLock(fd)
         except BaseException:
@@ -98,16 +98,6 @@ def _lock_exclusive(fd: int, path: str, deadline: float) -> None:
             if _held_exclusively(fd) or time.monotonic() >= deadline:
                 raise LockHeldError(path, _current_holder(fd)) from None
             time.sleep(0.02)  # a status check holds it for microseconds
-
-
-def _names_fd(dir_fd: int, fd: int) -> bool:
-    """Whether LOCK_FILE in `dir_fd` is (still) the open file `fd`: linked, same inode."""
-    try:
-        held = os.fstat(fd)
-        named = os.stat(protocol.LOCK_FILE, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _held_exclusively(fd: int) -> bool:

@@ -159,8 +159,9 @@ class ManagedDirectory:
         """The open trash directory (created on first need unless dry_run), checked before every
         use: a trash removed or replaced by hand since it was opened is dropped, then opened or
         re-created and verified again, so renames never go into a deleted directory."""
-        if self._trash_fd is not None and not reaper.trash_still_valid(self.fd, self._trash_fd):
-            os.close(self._trash_fd)
+        held = self._trash_fd
+        if held is not None and not reserved.still_named(self.fd, protocol.TRASH_DIR, held):
+            os.close(held)
             self._trash_fd = None
         if self._trash_fd is None:
             create = create and not self.dry_run

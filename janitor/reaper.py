@@ -109,17 +109,6 @@ def open_trash(dir_fd: int, home_mount: int | None, *, create: bool) -> int | No
     return fd
 
 
-def trash_still_valid(dir_fd: int, trash_fd: int) -> bool:
-    """Whether an open trash fd is still the managed directory's trash: not removed (a removed
-    directory has no links) and not replaced (the name still leads to the same inode)."""
-    try:
-        held = os.fstat(trash_fd)
-        named = os.stat(protocol.TRASH_DIR, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-
-
 def trash_name(entry: Entry) -> str:
     """A unique trash name that never matches `step_*` and still says what it was."""
     what = "staging" if entry.number is None else str(entry.number)

@@ -137,6 +137,18 @@ def check_directory(fd: int, name: str, home_mount: int | None, *,
     return st
 
 
+def still_named(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether `name` in `dir_fd` still leads to the object open as `fd`: not removed (no links
+    left) and not replaced by another inode. A lock or a trash removed by hand while held is
+    noticed this way before its next use."""
+    try:
+        held = os.fstat(fd)
+        named = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
 def open_error(exc: OSError, name: str, action: str) -> OSError:
     """The one-line error for a reserved name that could not even be opened safely.
 

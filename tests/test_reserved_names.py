@@ -470,7 +470,9 @@ def test_a_refusal_repeated_on_every_pass_keeps_the_daemons_fds_flat(hostile: st
             wait_until(lambda: len(daemon.named(event)) >= 5, 20.0, f"5 {event} events")
             baseline = _open_fds(daemon.pid)
             wait_until(lambda: len(daemon.named(event)) >= 105, 60.0, f"100 more {event}")
-            assert _open_fds(daemon.pid) == baseline
+            # A pass in flight holds an fd or two for an instant (the lock being opened, a
+            # /proc read); a leak of one fd a pass would add 100.
+            assert _open_fds(daemon.pid) <= baseline + 2
             assert set(step_numbers(tree)) == set(STEPS)
             assert (outside / "precious.bin").read_bytes() == PRECIOUS
         finally:
