@@ -50,8 +50,8 @@ import psutil
 from _common import REPO, janitor_command, machine, scratch, summary, write_json
 
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.policy import Policy
-from janitor.scan import ScanOptions
 
 IN_MOVED_FROM = 0x40
 IN_DELETE = 0x200

@@ -2,7 +2,7 @@
 
     python bench/race.py [--steps 1000] [--quick] [--cleaners a,b,c] [--out FILE]
 
-One producer/consumer pair (the roles of trainer_hooks/demo.py) runs three times on identical
+One producer/consumer pair (the roles of demo/live.py) runs three times on identical
 seeds, each time under another cleaner:
 
   a  inline-n2     the trainer deletes step N-2 after writing N (shutil.rmtree), keeping multiples
@@ -45,10 +45,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the demo's roles: demo/live.py
+
+from demo.live import janitor_command, json_records, role_command
 from janitor import protocol
 from janitor.report import human_bytes
 from janitor.sizes import path_size
-from trainer_hooks.demo import janitor_command, json_records
 
 CLEANERS = {"a": "inline-n2", "b": "inline-gated", "c": "janitor"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,7 +161,7 @@ def run_one(cfg: Config, key: str, base: Path) -> dict[str, Any]:
     root = base / cleaner / "run"
     directory = root / "broadcasts"
     directory.mkdir(parents=True)
-    me = [sys.executable, "-m", "trainer_hooks.demo"]
+    me = role_command()
     events = Events()
     procs: dict[str, subprocess.Popen[str]] = {}
     started = time.monotonic()

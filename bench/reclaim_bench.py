@@ -24,7 +24,8 @@ from typing import Any
 from _common import machine, run_rm_rf, scratch, write_json
 
 from janitor import reaper, reserved
-from janitor.scan import ScanOptions, open_directory, scan
+from janitor.model import ScanOptions
+from janitor.scan import open_directory, scan
 
 CHUNK = os.urandom(1 << 20)
 

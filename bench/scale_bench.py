@@ -39,8 +39,8 @@ import psutil
 from _common import filesystem_of, janitor_command, machine, stop_process, write_json
 
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.policy import Policy
-from janitor.scan import ScanOptions
 
 
 def build_tree(managed: Path, steps: int) -> None:

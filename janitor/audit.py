@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from janitor import protocol, reserved
+from janitor.model import Snapshot
 from janitor.policy import Decision, Plan, Policy
-from janitor.scan import Snapshot
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKUPS = 5

@@ -21,9 +21,9 @@ import structlog
 from janitor import __version__, audit, exitcodes, protocol, reserved
 from janitor import options as strict
 from janitor.audit import AuditLog
+from janitor.model import ScanOptions
 from janitor.policy import Policy, PolicyError
 from janitor.report import DirectoryReport, directory_json, directory_text, human_bytes
-from janitor.scan import ScanOptions
 from janitor.sweep import SweepRequest
 from janitor.sweep import sweep as run_sweep
 

@@ -28,11 +28,11 @@ from janitor.audit import AuditLog
 from janitor.health_http import HealthServer, Liveness, start_server
 from janitor.managed import ManagedDirectory, PassResult
 from janitor.metrics import Metrics
+from janitor.model import ScanOptions
 from janitor.notify import Notifier
 from janitor.paths import check_root, discover
 from janitor.policy import Plan, Policy
 from janitor.reclaimer import Item, Reclaimer
-from janitor.scan import ScanOptions
 from janitor.watch import InotifyWatcher, Signature, signature
 
 log = structlog.get_logger("janitor")

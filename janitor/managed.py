@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from janitor import lock, mounts, protocol, reaper, reserved
 from janitor.audit import AuditLog, deletion_record
+from janitor.model import ScanOptions, Snapshot
 from janitor.policy import Plan, Policy, plan
-from janitor.scan import ScanOptions, Snapshot, deepen, open_directory, scan
+from janitor.scan import deepen, open_directory, scan
 
 
 @dataclass(slots=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from janitor.model import Entry, Snapshot
 from janitor.protocol import printable
-from janitor.scan import Entry, Snapshot
 
 
 class Reason(StrEnum):

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from janitor import protocol, reserved, walk
+from janitor.model import Entry
 from janitor.mounts import mount_points, mount_points_under
-from janitor.scan import Entry, newest_entry_ns
+from janitor.scan import newest_entry_ns
+from janitor.sizes import freed_by
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Retry later, not failure: NFS silly-renamed `.nfsXXXX` files keep a directory busy or non-empty
@@ -69,13 +71,6 @@ class ReclaimStats:
         self.pending.extend(other.pending)
         self.problems.extend(other.problems)
         self.failed.update(other.failed)
-
-
-def freed_by(st: os.stat_result) -> int:
-    """Bytes of disk that removing this inode frees (a hard-linked file frees nothing yet)."""
-    if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
-        return 0
-    return st.st_blocks * 512
 
 
 _TRASH_REFUSED = "move it away by hand (look inside first: it should hold only trashed steps)"

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from janitor import exitcodes, lock, protocol, reaper
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.paths import check_root, discover
 from janitor.policy import Policy
 from janitor.report import human_bytes
-from janitor.scan import ScanOptions
 from janitor.sizes import tree_size
 
 

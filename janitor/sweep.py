@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from janitor import exitcodes, lock, protocol, reaper, reserved
 from janitor.audit import AuditLog
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.paths import check_root, discover
 from janitor.policy import Policy
 from janitor.report import DirectoryReport
-from janitor.scan import ScanOptions
 from janitor.sizes import tree_size
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import janitor_helpers
 from janitor_helpers import wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -60,13 +61,8 @@ def make_steps(directory: Path, numbers: Iterable[int], *, complete: bool = True
 
 
 def step_numbers(directory: Path) -> set[int]:
-    """The N of every `step_N` entry in `directory` (empty if it does not exist)."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return set()
-    return {int(n[len("step_"):]) for n in names
-            if n.startswith("step_") and n[len("step_"):].isdigit()}
+    """janitor_helpers.step_numbers as a set, which the daemon tests compare against."""
+    return set(janitor_helpers.step_numbers(directory))
 
 
 def _newest_change_ns(directory: Path) -> int:

@@ -113,12 +113,15 @@ def build_tree(directory: Path, steps: int, *, loaded: int | None, files: int = 
 
 
 def step_numbers(directory: Path) -> list[int]:
-    """Numbers of the real step directories present, sorted."""
+    """N of every real `step_N` directory present (canonical names only, by the protocol's own
+    parser: `step_01` is foreign, not step 1), sorted; [] if `directory` does not exist. The one
+    copy every test helper uses."""
     numbers = []
-    for entry in os.scandir(directory):
-        number = protocol.parse_step_name(entry.name)
-        if isinstance(number, int) and entry.is_dir(follow_symlinks=False):
-            numbers.append(number)
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as listing:
+        for entry in listing:
+            number = protocol.parse_step_name(entry.name)
+            if isinstance(number, int) and entry.is_dir(follow_symlinks=False):
+                numbers.append(number)
     return sorted(numbers)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Janitor
-from janitor_helpers import wait_until
+from janitor_helpers import step_numbers, wait_until
 
 from janitor import protocol
 
@@ -79,17 +79,6 @@ def check_whole(directory: Path) -> list[str]:
             except FileNotFoundError:
                 problems.append(f"step_{number}/{rel}: missing (half-deleted step)")
     return problems
-
-
-def step_numbers(directory: Path) -> list[int]:
-    """N of every real `step_N` directory, sorted."""
-    numbers = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as listing:
-        for entry in listing:
-            number = protocol.parse_step_name(entry.name)
-            if isinstance(number, int) and entry.is_dir(follow_symlinks=False):
-                numbers.append(number)
-    return sorted(numbers)
 
 
 def tree_state(root: Path) -> dict[str, tuple[object, ...]]:

@@ -39,8 +39,8 @@ from safety_helpers import (
 from janitor import mounts, protocol
 from janitor.audit import AuditLog
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.policy import Policy, Reason
-from janitor.scan import ScanOptions
 
 
 def sweep_json(*args: str | Path) -> tuple[int, dict[str, object], str]:

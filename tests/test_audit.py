@@ -162,8 +162,8 @@ def test_rotated_logs_are_verified_together(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     # One record is ~700 bytes: a 1500-byte limit rotates every two records.
     from janitor.managed import ManagedDirectory
+    from janitor.model import ScanOptions
     from janitor.policy import Policy
-    from janitor.scan import ScanOptions
 
     log = AuditLog(path, max_bytes=1500, backups=10)
     with ManagedDirectory(str(tree), dry_run=False, policy=Policy(), options=ScanOptions(),

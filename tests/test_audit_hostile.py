@@ -26,8 +26,8 @@ from safety_helpers import build, can_drop_privileges, publish_marker, shared_di
 from janitor.audit import AuditLog
 from janitor.audit_verify import verify
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.policy import Policy
-from janitor.scan import ScanOptions
 
 SUMMARY = r"^\d+ records, \d+ deletions checked, \d+ violations"
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_to_a_clean_summary(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    done = subprocess.run([sys.executable, "-m", "trainer_hooks.demo", "--seconds", "8",
+    done = subprocess.run([sys.executable, "-m", "demo", "--seconds", "8",
                            "--dir", str(tmp_path / "demo")],
                           cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     output = done.stdout + done.stderr

@@ -27,8 +27,8 @@ from safety_helpers import newest_change_ns, step_numbers, trash_names, tree_sta
 
 import trainer_hooks
 from janitor import protocol
+from janitor.model import ScanOptions
 from janitor.policy import Policy
-from janitor.scan import ScanOptions
 from janitor.sweep import SweepRequest, sweep_directory
 
 INTERVAL = 5

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from janitor import protocol
+from janitor.model import Consumer, Entry, Snapshot
 from janitor.policy import DELETE_REASONS, Plan, Policy, PolicyError, Reason, plan
-from janitor.scan import Consumer, Entry, Snapshot
 
 S = 1_000_000_000
 SCANNED_NS = 100_000 * S

@@ -29,9 +29,10 @@ from janitor_helpers import (
 
 from janitor import protocol, reaper, reserved
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.mounts import mount_points
 from janitor.policy import Policy
-from janitor.scan import ScanOptions, open_directory, scan
+from janitor.scan import open_directory, scan
 
 POLICY = Policy(interval_to_keep=None, keep_last=1)
 

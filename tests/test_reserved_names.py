@@ -42,8 +42,8 @@ from safety_helpers import (
 from janitor import protocol
 from janitor.lock import LockHeldError
 from janitor.managed import ManagedDirectory
+from janitor.model import ScanOptions
 from janitor.policy import Policy
-from janitor.scan import ScanOptions
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts and chown need root")
 

@@ -1,13 +1,14 @@
 """The live demo: a trainer, a stalling consumer and the janitor daemon share one real tree.
 
-    python -m trainer_hooks.demo [--seconds 30] [--dir DIR]
+    python -m demo [--seconds 30] [--dir DIR]      (from the repository's top directory)
 
 The trainer trains a tiny torch model on the CPU and publishes one step per iteration with
 `save_step`; the consumer loads the newest complete step with `torch.load`, sometimes stalls for
 several steps, and marks it loaded; `janitor run` deletes below LOADED_STEP beside them. The demo
 prints live progress and a summary: load failures (must be 0), the disk high-water mark, and the
 steps kept with the reason for each. The roles (`trainer`, `consumer`) are also subcommands, so
-bench/race.py can run the same pair under other cleaners.
+bench/race.py can run the same pair under other cleaners. It lives beside the library, not in it:
+trainer_hooks is what a trainer imports, and imports nothing of the janitor but its protocol.
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ from typing import Any, TextIO
 from janitor import protocol
 from janitor.report import human_bytes
 from janitor.sizes import path_size
-
-from .consume import load_step, wait_for_step_newer_than
-from .markers import mark_loaded
-from .publish import save_step, staged_step
+from trainer_hooks.consume import load_step, wait_for_step_newer_than
+from trainer_hooks.markers import mark_loaded
+from trainer_hooks.publish import save_step, staged_step
 
 
 def _emit(**fields: Any) -> None:
@@ -333,6 +333,12 @@ def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
                             env=env)
 
 
+def role_command() -> list[str]:
+    """How to start a role (`trainer`, `consumer`) in a child: this file as a script, which needs
+    neither the repository on sys.path nor a particular working directory."""
+    return [sys.executable, str(Path(__file__).resolve())]
+
+
 def janitor_command() -> list[str]:
     """How to start the `janitor` installed beside this Python."""
     found = shutil.which("janitor", path=os.path.dirname(sys.executable))
@@ -366,7 +372,7 @@ def _live_lines(progress: Progress, directory: Path, started: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer_hooks.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="role")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the trainer runs")
@@ -436,7 +442,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ckpt-janitor-demo-"))
     directory = base / "run" / "broadcasts"
     directory.mkdir(parents=True, exist_ok=True)
-    me = [sys.executable, "-m", "trainer_hooks.demo"]
+    me = role_command()
     print(f"demo tree: {directory}\n"
           f"trainer: one step every 0.2 s for {args.seconds:g} s; consumer stalls now and then; "
           f"janitor keeps every multiple of {args.interval_to_keep}\n", flush=True)
@@ -507,6 +513,10 @@ def _summary(args: argparse.Namespace, base: Path, directory: Path, progress: Pr
           and progress.loaded > 0)
     print("\nresult: " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 if __name__ == "__main__":
