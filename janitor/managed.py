@@ -48,10 +48,15 @@ class ManagedDirectory:
         self._trash_fd: int | None = None
         try:
             if not dry_run:
-                self._lock = lock.acquire(self.fd, path, policy.describe())
+                self._lock = lock.acquire(self.fd, path, self.holder_record())
         except BaseException:
             os.close(self.fd)
             raise
+
+    def holder_record(self) -> dict[str, object]:
+        """What the lock file records of this janitor's policy: enough for `janitor status` to
+        show the plan the running janitor executes, not one made with its own defaults."""
+        return {**self.policy.describe(), "complete_markers": list(self.options.complete_markers)}
 
     def close(self) -> None:
         if self._trash_fd is not None:
@@ -144,7 +149,7 @@ class ManagedDirectory:
             return
         self._lock.release()
         self._lock = None
-        self._lock = lock.acquire(self.fd, self.path, self.policy.describe())
+        self._lock = lock.acquire(self.fd, self.path, self.holder_record())
 
     def _audit_skip(self, snapshot: Snapshot, skipped: reaper.Skipped) -> None:
         """The delete record above was an intent: say it did not happen (best effort; the step

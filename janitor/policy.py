@@ -7,6 +7,7 @@ project's vocabulary; docs/policy.md explains each one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -80,6 +81,40 @@ class Policy:
             "partial_grace_s": self.partial_grace_s,
             "progress": self.progress,
         }
+
+    def __str__(self) -> str:
+        """The policy in one line, in the words of the command-line flags (status, logs)."""
+        parts = ["gated by LOADED_STEP" if self.progress == "loaded-step" and self.gated
+                 else "gated by .receiver_ready" if self.gated else "not gated (--no-gate)"]
+        if self.interval_to_keep is not None:
+            parts.append(f"--interval-to-keep {self.interval_to_keep}")
+        parts.append(f"--keep-last {self.keep_last}")
+        parts.append(f"--partial-grace {self.partial_grace_s:g}")
+        return ", ".join(parts)
+
+    @classmethod
+    def from_description(cls, record: object) -> Policy:
+        """The policy a `describe()` dict names (read back from a lock file); PolicyError when
+        it is not one, so a damaged record is never taken for a policy."""
+        if not isinstance(record, dict):
+            raise PolicyError("the recorded policy is not an object")
+        fields: dict[str, type | tuple[type, ...]] = {
+            "gated": bool, "keep_last": int, "partial_grace_s": (int, float), "progress": str}
+        for key, kind in fields.items():
+            value = record.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise PolicyError(f"the recorded policy has no valid {key!r}")
+        interval = record.get("interval_to_keep")
+        if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool)):
+            raise PolicyError("the recorded policy has no valid 'interval_to_keep'")
+        grace = float(record["partial_grace_s"])
+        if not math.isfinite(grace):
+            raise PolicyError("the recorded policy has no valid 'partial_grace_s'")
+        progress = record["progress"]
+        if progress not in ("loaded-step", "receiver-ready"):
+            raise PolicyError(f"the recorded policy has an unknown progress {progress!r}")
+        return cls(gated=record["gated"], interval_to_keep=interval,
+                   keep_last=record["keep_last"], partial_grace_s=grace, progress=progress)
 
 
 @dataclass(frozen=True, slots=True)

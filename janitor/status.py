@@ -5,19 +5,26 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from janitor import exitcodes, lock, protocol, reaper
 from janitor.managed import ManagedDirectory
 from janitor.model import ScanOptions
 from janitor.paths import check_root, discover
-from janitor.policy import Policy
+from janitor.policy import Policy, PolicyError
 from janitor.report import human_bytes
 from janitor.sizes import tree_size
 
 
 def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_depth: int,
-            problem: Callable[[str], None]) -> tuple[int, list[dict[str, object]]]:
-    """One plain-data report per managed directory under `roots`; the daemon's lock is not taken."""
+            problem: Callable[[str], None], *,
+            explicit: bool = False) -> tuple[int, list[dict[str, object]]]:
+    """One plain-data report per managed directory under `roots`; the daemon's lock is not taken.
+
+    Where a janitor holds a directory's lock, the plan shown is made with the policy its lock
+    file records, unless `explicit` (policy flags were given): then with the flags, and a
+    warning says where they differ from the holder's.
+    """
     code = exitcodes.NOTHING_TO_DO
     reports: list[dict[str, object]] = []
     for root in roots:
@@ -28,15 +35,19 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
             continue
         for path in discover(root, max_depth).managed:
             try:
-                reports.append(_directory(path, policy, options))
+                reports.append(_directory(path, policy, options, explicit))
             except OSError as exc:
                 problem(f"{protocol.printable(path)}: {exc.strerror or exc}")
                 code = exitcodes.ERROR
     return code, reports
 
 
-def _directory(path: str, policy: Policy, options: ScanOptions) -> dict[str, object]:
+def _directory(path: str, policy: Policy, options: ScanOptions,
+               explicit: bool) -> dict[str, object]:
     with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
+        held, holder = lock.inspect(directory.fd)
+        choice = _choose(policy, options, holder if held else None, explicit)
+        directory.policy, directory.options = choice.policy, choice.options
         snapshot, plan = directory.look()
         now = time.time_ns()
         by_decision: dict[str, dict[str, int]] = {}
@@ -45,7 +56,6 @@ def _directory(path: str, policy: Policy, options: ScanOptions) -> dict[str, obj
             bucket = by_decision.setdefault(key, {"count": 0, "bytes": 0})
             bucket["count"] += 1
             bucket["bytes"] += tree_size(directory.fd, decision.entry.name)
-        held, holder = lock.inspect(directory.fd)
         trash = _trash(directory)
         vfs = os.statvfs(directory.fd)
     newest = plan.newest_complete
@@ -65,7 +75,55 @@ def _directory(path: str, policy: Policy, options: ScanOptions) -> dict[str, obj
         "trash_bytes": trash[1],
         "free_bytes": vfs.f_bavail * vfs.f_frsize,
         "daemon": {"running": held, **(holder or {})} if holder or held else {"running": False},
+        "policy": str(choice.policy),
+        "complete_markers": list(choice.options.complete_markers),
+        "policy_source": choice.source,
+        "policy_warning": choice.warning,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """The policy a status report plans with, where it came from, and any disagreement."""
+
+    policy: Policy
+    options: ScanOptions
+    source: str  # "holder", "flags" or "defaults"
+    warning: str | None = None
+
+
+def _choose(policy: Policy, options: ScanOptions, holder: dict[str, object] | None,
+            explicit: bool) -> _Choice:
+    """The running janitor's recorded policy, unless flags were given (then theirs, with a
+    warning where the two differ). A record that cannot be read back is said, never guessed."""
+    given = _Choice(policy, options, "flags" if explicit else "defaults")
+    if holder is None:
+        return given
+    try:
+        held, held_options = _recorded(holder.get("policy"))
+    except PolicyError as exc:
+        return replace(given, warning=f"the running janitor's policy cannot be read from "
+                                      f"{protocol.LOCK_FILE} ({exc}); showing the plan for the "
+                                      f"{given.source}")
+    if not explicit:
+        return _Choice(held, held_options, "holder")
+    if (held, held_options) != (policy, options):
+        markers = ", ".join(held_options.complete_markers)
+        return replace(given, warning=f"the flags differ from the running janitor's policy "
+                                      f"({held}; complete when {markers}); showing the plan "
+                                      "for the flags given")
+    return given
+
+
+def _recorded(record: object) -> tuple[Policy, ScanOptions]:
+    """The Policy and ScanOptions a lock file's policy record names; PolicyError if none."""
+    policy = Policy.from_description(record)
+    markers = record.get("complete_markers") if isinstance(record, dict) else None
+    if not (isinstance(markers, list) and markers
+            and all(isinstance(m, str) and m for m in markers)):
+        raise PolicyError("the recorded policy names no completion markers")
+    return policy, ScanOptions(complete_markers=tuple(markers),
+                               receiver_ready=policy.progress == "receiver-ready")
 
 
 def _trash(directory: ManagedDirectory) -> tuple[int, int]:
@@ -90,6 +148,14 @@ def render(reports: list[dict[str, object]]) -> list[str]:
             lines.append(f"  daemon:    running, {lock.describe_holder(daemon)}")
         else:
             lines.append("  daemon:    none holds the lock")
+        source = {"holder": "the running janitor's", "flags": "from the flags given",
+                  "defaults": "the defaults"}[str(report["policy_source"])]
+        markers = report["complete_markers"]
+        assert isinstance(markers, list)
+        lines.append(f"  policy:    {report['policy']}; complete when "
+                     f"{' or '.join(map(protocol.printable, markers))} ({source})")
+        if report["policy_warning"]:
+            lines.append(f"  warning:   {report['policy_warning']}")
         consumers = report["consumers"]
         assert isinstance(consumers, list)
         for c in consumers:
