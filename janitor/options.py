@@ -38,6 +38,7 @@ import click
 from click.core import ParameterSource
 
 from janitor import protocol
+from janitor.policy import MAX_PARTIAL_GRACE_S
 
 # The accepted boolean spellings, compared after lower-casing (and nothing else: no strip).
 BOOL_STATES: dict[str, bool] = {
@@ -53,7 +54,7 @@ _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 # convert thousands of digits).
 _MAX_INT_DIGITS = 20
 
-ONE_YEAR_S = 365 * 24 * 3600
+ONE_YEAR_S = MAX_PARTIAL_GRACE_S  # the bound the Policy itself holds a grace to
 # Linux PID_MAX_LIMIT (2^22): no pid is larger.
 PID_MAX = 4_194_304
 MAX_STEP_NUMBER = 10**protocol.MAX_STEP_DIGITS - 1

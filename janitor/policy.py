@@ -35,6 +35,10 @@ class Reason(StrEnum):
 
 DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.ABANDONED_STAGING})
 
+# One year: the longest grace any option accepts (janitor.options); a policy read back from a
+# lock file is held to the same bound, so no recorded value can overflow the plan's arithmetic.
+MAX_PARTIAL_GRACE_S = 365 * 24 * 3600
+
 ProgressSource = Literal["loaded-step", "receiver-ready"]
 
 
@@ -67,8 +71,10 @@ class Policy:
                 f"--keep-last must be >= 1, got {self.keep_last}: a policy that may delete "
                 "every complete step is refused"
             )
-        if self.partial_grace_s < 0:
-            raise PolicyError(f"--partial-grace must be >= 0 seconds, got {self.partial_grace_s}")
+        if not (math.isfinite(self.partial_grace_s)
+                and 0 <= self.partial_grace_s <= MAX_PARTIAL_GRACE_S):
+            raise PolicyError(f"--partial-grace must be 0..{MAX_PARTIAL_GRACE_S} seconds, "
+                              f"got {self.partial_grace_s}")
         if self.progress not in ("loaded-step", "receiver-ready"):
             raise PolicyError(f"unknown progress source {self.progress!r}")
 

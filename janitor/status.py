@@ -46,7 +46,7 @@ def _directory(path: str, policy: Policy, options: ScanOptions,
                explicit: bool) -> dict[str, object]:
     with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
         held, holder = lock.inspect(directory.fd)
-        choice = _choose(policy, options, holder if held else None, explicit)
+        choice = _choose(policy, options, holder if held else None, explicit, held=held)
         directory.policy, directory.options = choice.policy, choice.options
         snapshot, plan = directory.look()
         now = time.time_ns()
@@ -93,30 +93,33 @@ class _Choice:
 
 
 def _choose(policy: Policy, options: ScanOptions, holder: dict[str, object] | None,
-            explicit: bool) -> _Choice:
+            explicit: bool, *, held: bool) -> _Choice:
     """The running janitor's recorded policy, unless flags were given (then theirs, with a
     warning where the two differ). A record that cannot be read back is said, never guessed."""
     given = _Choice(policy, options, "flags" if explicit else "defaults")
-    if holder is None:
+    if not held:
         return given
     try:
-        held, held_options = _recorded(holder.get("policy"))
+        recorded, recorded_options = _recorded(holder)
     except PolicyError as exc:
         return replace(given, warning=f"the running janitor's policy cannot be read from "
                                       f"{protocol.LOCK_FILE} ({exc}); showing the plan for the "
                                       f"{given.source}")
     if not explicit:
-        return _Choice(held, held_options, "holder")
-    if (held, held_options) != (policy, options):
-        markers = ", ".join(held_options.complete_markers)
+        return _Choice(recorded, recorded_options, "holder")
+    if (recorded, recorded_options) != (policy, options):
+        markers = ", ".join(map(protocol.printable, recorded_options.complete_markers))
         return replace(given, warning=f"the flags differ from the running janitor's policy "
-                                      f"({held}; complete when {markers}); showing the plan "
-                                      "for the flags given")
+                                      f"({recorded}; complete when {markers}); showing the "
+                                      "plan for the flags given")
     return given
 
 
-def _recorded(record: object) -> tuple[Policy, ScanOptions]:
-    """The Policy and ScanOptions a lock file's policy record names; PolicyError if none."""
+def _recorded(holder: dict[str, object] | None) -> tuple[Policy, ScanOptions]:
+    """The Policy and ScanOptions a lock file's holder record names; PolicyError if none."""
+    if holder is None:
+        raise PolicyError("the record is torn or not JSON")
+    record = holder.get("policy")
     policy = Policy.from_description(record)
     markers = record.get("complete_markers") if isinstance(record, dict) else None
     if not (isinstance(markers, list) and markers

@@ -4,11 +4,20 @@ with a warning where they differ."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
 import json
+import os
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from janitor_helpers import run_janitor, wait_until
 from safety_helpers import Daemon, build, publish_marker, step_numbers
+
+from janitor.cli import main
 
 
 def _status(tree: Path, *flags: str) -> dict[str, object]:
@@ -49,3 +58,43 @@ def test_status_plans_with_the_running_janitors_policy_and_warns_when_flags_diff
         assert daemon.stop() == 0
     alone = _status(tree)
     assert alone["policy_source"] == "defaults" and alone["policy_warning"] is None
+
+
+_RECORDS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4), max_leaves=12)
+_POLICY_KEYS = ("gated", "interval_to_keep", "keep_last", "partial_grace_s", "progress",
+                "complete_markers")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(policy=st.one_of(_RECORDS, st.fixed_dictionaries(
+    dict.fromkeys(_POLICY_KEYS, _RECORDS))), raw=st.booleans())
+def test_any_recorded_policy_is_read_back_or_refused_in_one_line(
+        tmp_path: Path, policy: object, raw: bool) -> None:
+    """Whoever can write `.janitor.lock` controls what status reads back: any content gives a
+    plan (a valid policy) or a warning, never a traceback, and nothing on disk changes."""
+    tree = tmp_path / "tree"
+    if not tree.exists():
+        build(tree, range(6))
+        publish_marker(tree, 5)
+    record = json.dumps({"pid": os.getpid(), "host": "h", "policy": policy}, allow_nan=True)
+    lock_path = tree / ".janitor.lock"
+    lock_path.write_text(record if not raw else record[: len(record) // 2])
+    fd = os.open(lock_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a holder: status reads the record and plans with it
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                pytest.raises(SystemExit) as done:
+            main(["status", "--json", str(tree)])
+    finally:
+        os.close(fd)
+    assert done.value.code == 0, err.getvalue()
+    (directory,) = json.loads(out.getvalue())["directories"]
+    assert directory["policy_source"] in ("holder", "defaults")
+    if directory["policy_source"] == "defaults":
+        assert "cannot be read" in directory["policy_warning"]
+    assert step_numbers(tree) == list(range(6))
