@@ -58,6 +58,17 @@ for name in ckpt-janitor.service ckpt-janitor@srv-checkpoints-run1.service; do
         ok "systemd-analyze security $name: exposure $level (max $max_exposure)"
     fi
 done
+# Priority (issue 11): the reclaim thread lowers itself; nothing may lower the whole daemon (its
+# reactions would slow too), and the syscall filter must let the thread lower itself.
+for unit in systemd/ckpt-janitor.service systemd/ckpt-janitor@.service; do
+    if grep -Eq '^(Nice|CPUSchedulingPolicy|IOSchedulingClass|IOSchedulingPriority)=' "$unit"; then
+        fail "$unit lowers the whole daemon's priority (Nice=, CPUSchedulingPolicy=, IOScheduling*=)"
+    elif ! grep -Eq '^SystemCallFilter=sched_setscheduler setpriority ioprio_set$' "$unit"; then
+        fail "$unit: the syscall filter does not let the reclaim thread lower its own priority"
+    else
+        ok "$unit: only the reclaim thread is deprioritised (weights for the unit)"
+    fi
+done
 # The sysusers snippet creates the user and group the units name.
 mkdir -p "$tmp/sysroot/etc"
 if systemd-sysusers --root="$tmp/sysroot" --replace=/usr/lib/sysusers.d/ckpt-janitor.conf \
@@ -150,6 +161,8 @@ for path in sorted(glob.glob(f"{sys.argv[1]}/kubernetes_*.yaml")):
                 "livenessProbe GET /healthz on port metrics": c.get("livenessProbe", {}).get("httpGet", {}) == {"path": "/healthz", "port": "metrics"},
                 "port named metrics": any(p.get("name") == "metrics" for p in c.get("ports", [])),
                 "requests and limits": {"requests", "limits"} <= set(c.get("resources", {})),
+                # A CFS quota would throttle the loop with the reclaim (docs/deploy.md).
+                "no CPU limit": "cpu" not in c.get("resources", {}).get("limits", {}),
                 "env configuration": bool(c.get("env") or c.get("envFrom")),
                 "runAsNonRoot": sc.get("runAsNonRoot") is True,
                 "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
@@ -170,7 +183,7 @@ for line in problems:
 sys.exit(1 if problems else 0)
 PY
 then
-    ok "rendered sidecars: native, restricted, liveness-only, metrics, env-configured"
+    ok "rendered sidecars: native, restricted, liveness-only, metrics, env-configured, no CPU limit"
 else
     fail "rendered sidecar properties (see above)"
 fi

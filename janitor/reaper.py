@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import count
 
-from janitor import protocol, reserved, walk
+from janitor import priority, protocol, reserved, walk
 from janitor.model import Entry
 from janitor.mounts import mount_points, mount_points_under
 from janitor.scan import newest_entry_ns
@@ -187,7 +187,8 @@ def trash_entries(trash_fd: int) -> list[str]:
         return sorted(item.name for item in listing)
 
 
-def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) -> ReclaimStats:
+def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1,
+            idle: bool = False) -> ReclaimStats:
     """Remove trash entries (all of them by default), counting what was freed.
 
     An entry that cannot be finished now (busy NFS files, permissions, a mount inside, a tree
@@ -199,7 +200,8 @@ def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) 
     With `workers` > 1 the subdirectories of each entry are removed concurrently by a thread pool
     (os.unlink releases the GIL). That pays on network filesystems (NFS, Lustre), where every
     unlink is a round trip to the server; on a local disk expect little. The fd budget is shared
-    out among the workers.
+    out among the workers. With `idle` each worker lowers itself to idle CPU and I/O priority
+    as it starts (the daemon's reclaim thread is idle already; `janitor sweep` stays as it is).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -211,7 +213,8 @@ def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1) 
         for name in todo:
             _reclaim_entry(trash_fd, name, dev, stats, None)
     else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="janitor-reclaim") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="janitor-reclaim",
+                                initializer=_idle_worker if idle else None) as pool:
             parallel = _Parallel(pool, max(2, walk.MAX_FDS // workers))
             for name in todo:
                 _reclaim_entry(trash_fd, name, dev, stats, parallel)
@@ -245,6 +248,13 @@ def _without_mounts(trash_fd: int, names: list[str], stats: ReclaimStats) -> lis
         else:
             kept.append(name)
     return kept
+
+
+def _idle_worker() -> None:
+    """The pool's initializer: a worker inherits its creator's priority on Linux, but says so
+    itself, so it is idle whichever thread makes the pool."""
+    priority.idle_this_thread()
+    priority.label_this_thread()  # after: a labelled thread is an idle one
 
 
 @dataclass(frozen=True, slots=True)

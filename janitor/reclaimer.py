@@ -2,9 +2,10 @@
 
 Renames into the trash happen on the loop (fast, and the step leaves the listing at once); the
 slow part, unlinking hundreds of GB, happens here on one background thread, so a huge reclaim never
-delays the next reaction. Each job owns a dup of the trash fd, so the loop may close a directory
-while a job on it is still running. Reclaim is resumable: a killed process leaves entries in the
-trash and the next start reclaims them.
+delays the next reaction. That thread, and the workers of --reclaim-workers, run at idle CPU and
+I/O priority (janitor.priority): never in the trainer's way. Each job owns a dup of the trash fd,
+so the loop may close a directory while a job on it is still running. Reclaim is resumable: a
+killed process leaves entries in the trash and the next start reclaims them.
 
 A trash entry that fails (permission, a swapped tree, no fd left) is retried with exponential
 backoff per (directory, trash name), not at every rescan, and logged once per failure episode:
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from janitor import protocol, reaper
+from janitor import priority, protocol, reaper
 from janitor.sizes import tree_size
 
 log = structlog.get_logger("janitor.reclaim")
@@ -116,6 +117,10 @@ class Reclaimer:
                 lambda: self._jobs.unfinished_tasks == 0, timeout_s)
 
     def _run(self) -> None:
+        # Unlinking can wait, the trainer and the loop's reactions cannot: this thread (and the
+        # pool it starts) runs at idle CPU and I/O priority, the rest of the daemon at normal.
+        priority.idle_this_thread()
+        priority.label_this_thread()  # after: a labelled thread is an idle one
         while True:
             job = self._jobs.get()
             try:
@@ -147,7 +152,8 @@ class Reclaimer:
                      if name not in claimed and self._due(job.directory, name, now)]
         sizes = self._measure(job, items)
         for item in items:
-            stats = reaper.reclaim(job.trash_fd, [item.trash_name], workers=self._workers)
+            stats = reaper.reclaim(job.trash_fd, [item.trash_name], workers=self._workers,
+                                   idle=True)
             self._add_pending(-sizes.get(item.trash_name, 0))
             if stats.pending or stats.problems:
                 self._failed(job.directory, item, stats)

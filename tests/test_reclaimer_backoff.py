@@ -30,13 +30,13 @@ def test_a_failing_entry_is_retried_with_exponential_backoff_and_reset_on_succes
     failing = {"3.1.1.0"}
 
     def counted(trash_fd: int, names: list[str] | None = None, *,
-                workers: int = 1) -> reaper.ReclaimStats:
+                workers: int = 1, idle: bool = False) -> reaper.ReclaimStats:
         assert names is not None
         attempts.append((clock.now, names[0]))
         if names[0] in failing:
             return reaper.ReclaimStats(pending=[names[0]], problems=[f"{names[0]}: no"],
                                        failed={names[0]: "permission denied at sub"})
-        return real(trash_fd, names, workers=workers)
+        return real(trash_fd, names, workers=workers, idle=idle)
 
     monkeypatch.setattr(reaper, "reclaim", counted)
     deleted: list[str] = []

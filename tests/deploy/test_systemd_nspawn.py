@@ -227,6 +227,27 @@ def test_journal_holds_json_lines(service: Service) -> None:
         assert isinstance(record, dict), line
 
 
+def test_only_the_reclaim_thread_is_idle_under_the_unit(service: Service) -> None:
+    """The unit's syscall filter lets the reclaim thread lower itself (SCHED_IDLE, idle I/O
+    class) and lowers nothing process-wide: the loop and the other threads stay normal."""
+    run = service.container.run
+    pid = service.show("MainPID")["MainPID"]
+    listing = run("sh", "-c", f'for t in /proc/{pid}/task/*; do echo "${{t##*/}} $(cat $t/comm)"; '
+                  "done").stdout
+    comms = dict(line.split(" ", 1) for line in listing.splitlines())
+    reclaim = [tid for tid, comm in comms.items() if comm == "janitor-reclaim"]
+    assert len(reclaim) == 1, comms
+    for tid, comm in comms.items():
+        stat = run("cat", f"/proc/{pid}/task/{tid}/stat").stdout
+        policy = int(stat[stat.rindex(")") + 2:].split()[41 - 3])  # field 41: 5 is SCHED_IDLE
+        io_class = run("ionice", "-p", tid).stdout.split(":")[0].strip()
+        if tid in reclaim:
+            assert (policy, io_class) == (5, "idle"), (tid, comm)
+        else:
+            assert policy == 0 and io_class != "idle", (tid, comm, policy, io_class)
+    assert not [line for line in service.journal() if "priority_not_lowered" in line]
+
+
 def test_hung_loop_trips_watchdog_and_systemd_restarts(service: Service) -> None:
     container = service.container
     before = service.show("NRestarts", "MainPID")
