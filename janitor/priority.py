@@ -54,8 +54,8 @@ def idle_this_thread() -> Lowered:
     if why and not _warned.is_set():
         _warned.set()
         log.warning("priority_not_lowered", cpu=cpu, io=io, why="; ".join(why),
-                    effect="reclaim goes on, competing with the trainer at normal priority "
-                           "(logged once)")
+                    effect="reclaim goes on; what stayed unchanged competes with the trainer "
+                           "at normal priority (logged once)")
     return lowered
 
 
@@ -91,8 +91,12 @@ def _idle_io(tid: int, why: list[str]) -> str:
     if syscalls is None:
         why.append(f"idle I/O class unknown on {platform.machine()}")
         return "unchanged"
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+    except (OSError, AttributeError) as exc:  # no libc with syscall(): a static or odd build
+        why.append(f"idle I/O class unavailable ({exc})")
+        return "unchanged"
     value = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
     if libc.syscall(ctypes.c_long(syscalls[0]), ctypes.c_int(IOPRIO_WHO_PROCESS),
                     ctypes.c_int(tid), ctypes.c_int(value)) == 0:
