@@ -30,16 +30,23 @@ from janitor.managed import ManagedDirectory, PassResult
 from janitor.metrics import Metrics
 from janitor.model import ScanOptions
 from janitor.notify import Notifier
-from janitor.paths import check_root, discover
+from janitor.paths import Discovery, Stamp, check_root, directory_stamp, discover, discover_below
 from janitor.policy import Plan, Policy
 from janitor.reclaimer import Item, Reclaimer
-from janitor.watch import InotifyWatcher, Signature, signature
+from janitor.watch import InotifyWatcher, Signature, Target, signature
 
 log = structlog.get_logger("janitor")
 
 WatchMode = Literal["auto", "inotify", "poll"]
+Mode = Literal["inotify", "poll"]
 WOULD_DELETE_EVENTS = 200
 HANG_SWITCH_ENV = "JANITOR_TEST_HANG_FILE"  # test-only: a hung loop, to prove the watchdog works
+# With --progress receiver-ready, the steps above the loaded one whose `.receiver_ready` is watched
+# (inotify) or statted at every poll, per managed directory: the lowest half of this many (the
+# receiver usually moves one step at a time) and the newest half (a receiver restarted at the
+# newest step). Usually the trainer is a handful of steps ahead and all of them are; a stalled
+# receiver with thousands of steps piled up above it costs no more than this.
+SENTINEL_STEPS = 16
 
 
 class StartupError(Exception):
@@ -72,11 +79,24 @@ class _Dir:
     """A managed directory the daemon holds, and what it last saw there."""
 
     managed: ManagedDirectory
-    mode: Literal["inotify", "poll"]
+    mode: Mode
     markers: tuple[str, ...] = ()
+    sentinel_steps: tuple[str, ...] = ()  # step names whose `.receiver_ready` we look out for
     signature: Signature | None = None
     lag: int | None = None
     said: set[str] = field(default_factory=set)  # one-time messages already logged
+
+
+@dataclass(slots=True)
+class _Node:
+    """A directory discovery looked at (a root, one on the way down, a managed one) and the stamp
+    it had just before that look: in poll mode a different stamp means "look at it again"."""
+
+    depth_left: int
+    stamp: Stamp
+    managed: bool
+    subdirs: tuple[str, ...]
+    mode: Mode
 
 
 class Daemon:
@@ -88,9 +108,11 @@ class Daemon:
         self.metrics = Metrics()
         self.liveness = Liveness(config.rescan_interval_s, time.monotonic())
         self.dirs: dict[str, _Dir] = {}
-        self.visited: set[str] = set()
+        self.tree: dict[str, _Node] = {}
         self.root_ids: dict[str, tuple[int, int] | None] = {}
         self._dirty: set[str] = set()
+        self._relook: set[str] = set()  # directories on the way down that changed
+        self._rearm = False
         self._rediscover = False
         self._overflowed = False
         self._dirty_lock = threading.Lock()
@@ -188,7 +210,7 @@ class Daemon:
         while not self._stopping():
             self._hang_if_asked()
             deadlines = [next_rescan, now + self._heartbeat_s()]
-            if any(state.mode == "poll" for state in self.dirs.values()):
+            if self._polling():
                 deadlines.append(next_poll)
             timeout = min(deadlines) - time.monotonic()
             self._wait(max(0.0, timeout))
@@ -253,12 +275,13 @@ class Daemon:
     # ---- what makes a directory dirty ----------------------------------------------------
 
     def _on_dirty(self, path: str) -> None:
-        """Called on watchdog threads: record and wake, nothing else."""
+        """Called on watchdog threads: record and wake, nothing else. An event in a directory on
+        the way down means "look at that part again" (see `_look_again`)."""
         with self._dirty_lock:
             if path in self.dirs:
                 self._dirty.add(path)
             else:
-                self._rediscover = True
+                self._relook.add(path)
         self._wake()
 
     def _on_overflow(self) -> None:
@@ -266,21 +289,33 @@ class Daemon:
             self._overflowed = True
         self._wake()
 
-    def _take_dirty(self) -> tuple[set[str], bool, bool]:
+    def _take_dirty(self) -> tuple[set[str], set[str], bool, bool]:
         with self._dirty_lock:
             dirty, self._dirty = self._dirty, set()
+            relook, self._relook = self._relook, set()
             rediscover, self._rediscover = self._rediscover, False
             overflowed, self._overflowed = self._overflowed, False
-        return dirty, rediscover, overflowed
+        return dirty, relook, rediscover, overflowed
+
+    def _polling(self) -> bool:
+        """Whether the loop must wake every --poll-interval (with --watch poll always: a root
+        that vanished is noticed at the next tick, not at the next heartbeat)."""
+        return (self.config.watch == "poll"
+                or any(state.mode == "poll" for state in self.dirs.values())
+                or any(node.mode == "poll" for node in self.tree.values()))
 
     def _poll(self) -> None:
-        for path, state in self.dirs.items():
-            if state.mode != "poll":
-                continue
-            now_sig = signature(path, state.markers)
-            if now_sig != state.signature:
-                with self._dirty_lock:
-                    self._dirty.add(path)
+        """One stat of each polled managed directory and the files named in it (markers, the
+        watched steps' sentinels), and one of each polled directory on the way down: no listing.
+        A managed directory that changed is reconciled; any other directory is looked at again."""
+        dirty = [path for path, state in self.dirs.items() if state.mode == "poll"
+                 and signature(path, _polled_names(state)) != state.signature]
+        relook = [path for path, node in self.tree.items() if node.mode == "poll"
+                  and not node.managed and path not in self.dirs
+                  and directory_stamp(path) != node.stamp]
+        with self._dirty_lock:
+            self._dirty.update(dirty)
+            self._relook.update(relook)
 
     def _rescan(self) -> None:
         """The timer: rediscover, retry leftover trash, and reconcile every directory."""
@@ -328,21 +363,86 @@ class Daemon:
 
     def _discover(self, *, at_start: bool) -> None:
         found: list[str] = []
-        visited: set[str] = set()
+        table = mounts.mount_table()
+        old, self.tree = self.tree, {}
         for root in self.config.roots:
             self.root_ids[root] = _identity(root)
             discovery = discover(root, self.config.max_depth)
             found.extend(discovery.managed)
-            visited.update(discovery.visited)
-        self.visited = visited
+            self._plant(discovery, table, old)
         for path in [p for p, s in self.dirs.items() if p not in found
                      or not s.managed.still_same()]:
-            log.info("directory_released", directory=path, why="gone or replaced")
-            self.dirs.pop(path).managed.close()
-        table = mounts.mount_table()
+            self._release(path)
         for path in found:
             if path not in self.dirs:
                 self._adopt(path, table, at_start)
+
+    def _plant(self, discovery: Discovery, table: tuple[tuple[str, str], ...],
+               old: dict[str, _Node]) -> None:
+        """Record what discovery looked at. The same directory keeps the mode it had (one whose
+        watch failed stays polled), a new one (or one mounted over) gets its filesystem's; under
+        two overlapping roots the deeper reach wins."""
+        for visit in discovery.visits:
+            held = self.tree.get(visit.path)
+            if held is not None and held.depth_left > visit.depth_left:
+                continue
+            before = old.get(visit.path)
+            same = before is not None and before.stamp[:2] == visit.stamp[:2]
+            mode = before.mode if before is not None and same else \
+                self._mode_for(visit.path, table)
+            self.tree[visit.path] = _Node(visit.depth_left, visit.stamp, visit.managed,
+                                          visit.subdirs, mode)
+
+    def _look_again(self, paths: set[str]) -> set[str]:
+        """Rediscover below the directories on the way down that changed, and only there: each
+        is listed again, a subdirectory new to it is discovered down to --max-depth, one gone is
+        dropped with everything below it. Returns the managed directories newly adopted.
+
+        A managed directory is never listed here: its changes are its reconcile's (the scan lists
+        it), and one that could not be adopted (locked by another janitor) waits for the rescan.
+        """
+        adopted: set[str] = set()
+        table: tuple[tuple[str, str], ...] | None = None
+        for path in sorted(paths):  # a parent before its children
+            node = self.tree.get(path)
+            if node is None or node.managed or path in self.dirs:
+                continue  # dropped with a parent already, or a stale watch's last event
+            table = mounts.mount_table() if table is None else table
+            discovery = discover_below(path, node.depth_left, self.tree)
+            if not discovery.visits:
+                self._drop(path)
+                continue
+            self.tree.pop(path)
+            self._plant(discovery, table, {path: node})
+            for gone in set(node.subdirs) - set(self.tree[path].subdirs):
+                self._drop(gone)
+            for found in discovery.managed:
+                if found not in self.dirs:
+                    self._adopt(found, table, at_start=False)
+                    if found in self.dirs:
+                        adopted.add(found)
+        return adopted
+
+    def _drop(self, path: str) -> None:
+        """Forget a directory that went away and everything below it."""
+        node = self.tree.pop(path, None)
+        if node is None:
+            return
+        for sub in node.subdirs:
+            self._drop(sub)
+        if path in self.dirs:
+            self._release(path)
+
+    def _release(self, path: str) -> None:
+        log.info("directory_released", directory=path, why="gone or replaced")
+        self.dirs.pop(path).managed.close()
+
+    def _mode_for(self, path: str, table: tuple[tuple[str, str], ...]) -> Mode:
+        """Poll where asked to, and with `auto` where inotify is blind to other hosts' writes."""
+        config = self.config
+        remote = config.watch == "auto" and mounts.is_network_fs(
+            mounts.filesystem_type(path, table))
+        return "poll" if config.watch == "poll" or remote else "inotify"
 
     def _adopt(self, path: str, table: tuple[tuple[str, str], ...], at_start: bool) -> None:
         config = self.config
@@ -359,28 +459,66 @@ class Daemon:
                       action="retrying at the next rescan")
             self.metrics.error("open")
             return
-        mode: Literal["inotify", "poll"] = "inotify"
-        remote = mounts.is_network_fs(mounts.filesystem_type(path, table))
-        if config.watch == "poll" or (config.watch == "auto" and remote):
-            mode = "poll"
+        mode = self._mode_for(path, table)
         self.dirs[path] = _Dir(managed, mode)
         log.info("directory_adopted", directory=path, watch=mode)
 
     def _arm_watches(self) -> None:
-        wanted = {p for p in self.visited if self.config.watch != "poll"}
-        wanted = {p for p in wanted if self.dirs.get(p) is None or self.dirs[p].mode == "inotify"}
+        """One watch on each inotify-mode directory discovery looked at, and on the sentinel
+        steps of each inotify-mode managed directory; a watch that fails turns into polling."""
+        wanted: dict[str, Target] = {}
+        for path, node in self.tree.items():
+            state = self.dirs.get(path)
+            if (node.mode if state is None else state.mode) == "inotify":
+                wanted[path] = Target(path)
+        sentinel = frozenset({protocol.RECEIVER_READY_MARKER})
+        for path, state in self.dirs.items():
+            if state.mode == "inotify":
+                wanted.update((os.path.join(path, step), Target(path, sentinel))
+                              for step in state.sentinel_steps)
         if not wanted and self._watcher is None:
             self._publish_watching()
             return
         if self._watcher is None:
             self._watcher = InotifyWatcher(self._on_dirty, self._on_overflow)
-        failed = self._watcher.watch(wanted)
-        for line in failed:
+        armed = self._watcher.watch(wanted)
+        for path, line in armed.failed.items():
+            if not os.path.lexists(path):
+                # Gone since it was looked at (a step the trainer deleted): its parent's event or
+                # poll tells; turning its directory to polling would be for nothing.
+                continue
             log.warning("watch_failed", detail=line, action="polling this directory instead")
-        for path, state in self.dirs.items():
-            if any(line.startswith(protocol.printable(path) + ":") for line in failed):
+            if path in self.tree:
+                self.tree[path].mode = "poll"
+            state = self.dirs.get(wanted[path].dirty)
+            if state is not None:
                 state.mode = "poll"
+        self._catch_up(armed.added, wanted)
         self._publish_watching()
+
+    def _catch_up(self, added: Iterable[str], wanted: dict[str, Target]) -> None:
+        """A new watch sees only what happens after it is added: whatever changed between the
+        look that found a directory and its watch is caught here. A directory on the way down
+        whose stamp moved since it was listed is looked at again; a sentinel step that holds a
+        `.receiver_ready` now (the scan saw none above the loaded step) gets its directory
+        reconciled. Managed directories are scanned after their watch exists, so need nothing."""
+        relook: set[str] = set()
+        dirty: set[str] = set()
+        for path in added:
+            target = wanted[path]
+            if target.names is not None:
+                if any(os.path.lexists(os.path.join(path, n)) for n in target.names):
+                    dirty.add(target.dirty)
+                continue
+            node = self.tree.get(path)
+            if node is not None and not node.managed and path not in self.dirs \
+                    and directory_stamp(path) != node.stamp:
+                relook.add(path)
+        if relook or dirty:
+            with self._dirty_lock:
+                self._relook.update(relook)
+                self._dirty.update(dirty)
+            self._wake()
 
     def _publish_watching(self) -> None:
         modes = {"inotify": 0, "poll": 0}
@@ -401,7 +539,7 @@ class Daemon:
         self._heartbeat()
 
     def _reconcile_dirty(self) -> None:
-        dirty, rediscover, overflowed = self._take_dirty()
+        dirty, relook, rediscover, overflowed = self._take_dirty()
         if overflowed:
             log.warning("inotify_overflow", action="rescanning every directory")
             self.metrics.inotify_overflow()
@@ -411,6 +549,9 @@ class Daemon:
             self._discover(at_start=False)
             self._arm_watches()
             dirty.update(p for p in self.dirs if p not in dirty)
+        elif relook:
+            dirty.update(self._look_again(relook))
+            self._arm_watches()
         if not dirty:
             return
         started = time.monotonic()
@@ -424,11 +565,14 @@ class Daemon:
         self.metrics.set_directory_lags(s.lag for s in self.dirs.values())
         self.metrics.set_filesystem_free_bytes(_free_bytes(self.dirs))
         self.liveness.pass_finished(finished)
+        if self._rearm and not self.config.once:
+            self._rearm = False
+            self._arm_watches()
 
     def _reconcile(self, path: str, state: _Dir) -> None:
         managed = state.managed
         if state.mode == "poll":
-            state.signature = signature(path, state.markers)
+            state.signature = signature(path, _polled_names(state))
         if not managed.still_same():
             with self._dirty_lock:
                 self._rediscover = True
@@ -451,6 +595,11 @@ class Daemon:
         # pass (our own fsyncs take milliseconds) must differ at the next poll, not be absorbed.
         # New marker names, and our own renames, cost one more pass at the next poll.
         state.markers = tuple(c.filename for c in result.snapshot.consumers)
+        if self.config.policy.gated and self.config.options.receiver_ready:
+            steps = _sentinel_steps(result)
+            if steps != state.sentinel_steps:
+                state.sentinel_steps = steps
+                self._rearm = self._rearm or state.mode == "inotify"
         reasons = {d.entry.name: d.reason.value for d in result.plan.doomed}
         self._record(path, state, result, reasons)
         if result.trashed:
@@ -510,6 +659,26 @@ class Daemon:
         self.metrics.reclaimed(stats.bytes, stats.files)
         log.info("deleted", directory=directory, step=item.step, reason=item.reason,
                  bytes=stats.bytes, files=stats.files)
+
+
+def _sentinel_steps(result: PassResult) -> tuple[str, ...]:
+    """The steps above the loaded one (every step while no sentinel exists) where a new
+    `.receiver_ready` would move it: at most SENTINEL_STEPS (see there)."""
+    loaded = result.plan.progress.loaded_step
+    trashed = {t.entry.name for t in result.trashed}
+    above = sorted((e for e in result.snapshot.steps if e.number is not None
+                    and (loaded is None or e.number > loaded) and e.name not in trashed),
+                   key=lambda e: e.number or 0)
+    if len(above) > SENTINEL_STEPS:
+        half = SENTINEL_STEPS // 2
+        above = above[:half] + above[-half:]
+    return tuple(e.name for e in above)
+
+
+def _polled_names(state: _Dir) -> tuple[str, ...]:
+    """The files inside a polled managed directory whose stat the poll compares."""
+    return state.markers + tuple(f"{step}/{protocol.RECEIVER_READY_MARKER}"
+                                 for step in state.sentinel_steps)
 
 
 def _say_once(state: _Dir, key: str, event: str, **fields: object) -> None:

@@ -7,6 +7,7 @@ import os
 import pwd
 import stat
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass
 
 from janitor import exitcodes, protocol
@@ -32,12 +33,42 @@ def refusal(path: str) -> str | None:
     return None
 
 
+# What polling compares for a directory discovery looked at: (st_dev, st_ino, st_mtime_ns,
+# st_ctime_ns). An entry added, removed or renamed changes the mtime; a replacement the inode.
+Stamp = tuple[int, int, int, int]
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def directory_stamp(path: str) -> Stamp | None:
+    """The stamp of `path` now (never following a symlink), or None if it cannot be statted."""
+    try:
+        return stamp_of(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """One directory discovery listed, with its stamp taken (from the open directory) before the
+    listing: anything added after the listing shows as a different stamp, never as nothing."""
+
+    path: str
+    depth_left: int  # how many levels below it discovery may still descend
+    stamp: Stamp
+    managed: bool
+    subdirs: tuple[str, ...]  # the paths of the subdirectories descended into (none at depth 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Discovery:
     """Managed directories under a root, and every directory looked at (the ones to watch)."""
 
     managed: tuple[str, ...]
     visited: tuple[str, ...]
+    visits: tuple[Visit, ...] = ()
 
 
 def discover(root: str, max_depth: int) -> Discovery:
@@ -47,29 +78,36 @@ def discover(root: str, max_depth: int) -> Discovery:
     The root itself is resolved first: a user may name it through a symlink (`/ckpt -> /mnt/x`);
     below it, nothing is followed.
     """
-    root = os.path.realpath(root)
+    return discover_below(os.path.realpath(root), max_depth, frozenset())
+
+
+def discover_below(path: str, depth_left: int, known: Container[str]) -> Discovery:
+    """Look at `path` (already resolved: it is not followed if a symlink) and below it, except
+    inside the directories in `known`: the daemon's rediscovery of one part of a tree, whose other
+    directories it already holds. `path` itself is always looked at; empty if it cannot be."""
     managed: list[str] = []
-    visited: list[str] = []
-    queue: deque[tuple[str, int]] = deque([(root, 0)])
+    visits: list[Visit] = []
+    queue: deque[tuple[str, int]] = deque([(path, depth_left)])
     while queue:
-        path, depth = queue.popleft()
+        here, left = queue.popleft()
         try:
-            has_steps, subdirs = _look(path)
+            stamp, has_steps, names = _look(here)
         except OSError:  # gone, not a directory, a symlink, unreadable: nothing to manage there
             continue
-        visited.append(path)
+        subdirs = tuple(os.path.join(here, name) for name in sorted(names)) if left > 0 else ()
+        visits.append(Visit(here, left, stamp, has_steps, subdirs))
         if has_steps:
-            managed.append(path)
-        if depth < max_depth:
-            queue.extend((os.path.join(path, name), depth + 1) for name in sorted(subdirs))
-    return Discovery(tuple(managed), tuple(visited))
+            managed.append(here)
+        queue.extend((sub, left - 1) for sub in subdirs if sub not in known)
+    return Discovery(tuple(managed), tuple(v.path for v in visits), tuple(visits))
 
 
-def _look(path: str) -> tuple[bool, list[str]]:
+def _look(path: str) -> tuple[Stamp, bool, list[str]]:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     has_steps = False
     subdirs: list[str] = []
     try:
+        stamp = stamp_of(os.fstat(fd))
         with os.scandir(fd) as listing:
             for item in listing:
                 name = item.name
@@ -79,7 +117,7 @@ def _look(path: str) -> tuple[bool, list[str]]:
                     subdirs.append(name)
     finally:
         os.close(fd)
-    return has_steps, subdirs
+    return stamp, has_steps, subdirs
 
 
 def check_root(path: str) -> tuple[int, str] | None:

@@ -2,15 +2,17 @@
 
 Inotify mode uses watchdog's inotify observer, one non-recursive watch per directory (the roots,
 the directories on the way down, the managed directories), so watches grow with streams, never with
-shard files. Two adjustments to watchdog, both at its documented extension points (emitter class,
-watch group): an unpaired IN_MOVED_FROM (a step renamed into the trash, which is not watched) must
-not hold back later events for the move grouper's 0.5 s, and a kernel queue overflow must reach us
-(every directory is then rescanned). Handlers only record which directory is dirty and wake the
-loop; an exception in a watchdog handler would kill its thread silently, so they catch everything.
+shard files. With `--progress receiver-ready` a few step directories are watched too, for their
+`.receiver_ready` sentinel alone (see `Target`). Two adjustments to watchdog, both at its
+documented extension points (emitter class, watch group): an unpaired IN_MOVED_FROM (a step renamed
+into the trash, which is not watched) must not hold back later events for the move grouper's 0.5 s,
+and a kernel queue overflow must reach us (every directory is then rescanned). Handlers only record
+which directory is dirty and wake the loop; an exception in a watchdog handler would kill its
+thread silently, so they catch everything.
 
 Poll mode, for network filesystems where inotify cannot see other hosts' writes, is the daemon's
-own cheap stat of each managed directory and its markers (see `Signature`), not watchdog's
-PollingObserver.
+own cheap stat of each managed directory and the files named in it (see `Signature`), and of each
+directory discovery looked at on the way down (`paths.Stamp`), not watchdog's PollingObserver.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +52,20 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileMovedEvent, FileModifiedEvent, FileClosedEvent,
 ]
 
+# A watch inside a step directory looks only for a sentinel appearing (created or renamed in):
+# a shard written there must not wake the loop, and IN_MODIFY would fire on every write.
+SENTINEL_EVENT_FILTER: list[type[FileSystemEvent]] = [FileCreatedEvent, FileMovedEvent]
+
 OnDirty = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What an event in a watched directory means: `dirty` is marked dirty, and with `names` only
+    events on an entry of one of those names count (a step watched for its `.receiver_ready`)."""
+
+    dirty: str
+    names: frozenset[str] | None = None
 
 
 class _ImmediateGrouper(InotifyMoveEventGrouper):
@@ -102,15 +117,31 @@ class _Observer(InotifyObserver):
 
 
 class _DirHandler(FileSystemEventHandler):
-    def __init__(self, directory: str, on_dirty: OnDirty) -> None:
-        self.directory = directory
+    def __init__(self, target: Target, on_dirty: OnDirty) -> None:
+        self.target = target
         self.on_dirty = on_dirty
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
-            self.on_dirty(self.directory)
+            names = self.target.names
+            if names is None or _entry_name(event.src_path) in names \
+                    or _entry_name(event.dest_path) in names:
+                self.on_dirty(self.target.dirty)
         except Exception:  # a raise here would silently kill watchdog's dispatch thread
-            log.exception("watch_handler_failed", directory=self.directory)
+            log.exception("watch_handler_failed", directory=self.target.dirty)
+
+
+def _entry_name(path: str | bytes) -> str:
+    return os.path.basename(os.fsdecode(path)) if path else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Armed:
+    """What one `watch` call changed: the directories newly watched, and those that could not be
+    (path -> one line: the path, printable, and why)."""
+
+    added: tuple[str, ...]
+    failed: dict[str, str]
 
 
 class InotifyWatcher:
@@ -122,6 +153,7 @@ class InotifyWatcher:
         self._emitter_class = type("_BoundEmitter", (_Emitter,), {"group_class": group})
         self._observer = self._new_observer()
         self._watches: dict[str, Any] = {}
+        self._targets: dict[str, Target] = {}
         # (st_dev, st_ino) of each watched path when its watch was added: an inotify watch follows
         # the inode, so a path renamed over or deleted and re-created needs a new watch.
         self._identities: dict[str, tuple[int, int] | None] = {}
@@ -137,26 +169,31 @@ class InotifyWatcher:
     def count(self) -> int:
         return len(self._watches)
 
-    def watch(self, directories: Iterable[str]) -> list[str]:
-        """Watch exactly `directories` from now on; returns those that could not be watched."""
-        wanted = set(directories)
-        failed: list[str] = []
+    def watch(self, wanted: Mapping[str, Target]) -> Armed:
+        """Watch exactly the directories in `wanted` from now on, each for its target."""
+        added: list[str] = []
+        failed: dict[str, str] = {}
         with self._lock:
-            for path in [p for p in self._watches if p not in wanted or self._replaced(p)]:
+            for path in [p for p in self._watches if wanted.get(p) != self._targets.get(p)
+                         or self._replaced(p)]:
                 self._unschedule(path)
-            for path in sorted(wanted - set(self._watches)):
+            for path in sorted(set(wanted) - set(self._watches)):
+                target = wanted[path]
                 # Identity first: a replacement between the stat and the watch shows as a
                 # mismatch next time (one needless re-watch), never as a watch on a stale inode.
                 identity = _identity(path)
                 try:
                     self._watches[path] = self._observer.schedule(
-                        _DirHandler(path, self._on_dirty), path, recursive=False,
-                        event_filter=EVENT_FILTER)
+                        _DirHandler(target, self._on_dirty), path, recursive=False,
+                        event_filter=EVENT_FILTER if target.names is None
+                        else SENTINEL_EVENT_FILTER)
                 except OSError as exc:
-                    failed.append(f"{protocol.printable(path)}: {exc.strerror or exc}")
+                    failed[path] = f"{protocol.printable(path)}: {exc.strerror or exc}"
                 else:
                     self._identities[path] = identity
-        return failed
+                    self._targets[path] = target
+                    added.append(path)
+        return Armed(tuple(added), failed)
 
     def _replaced(self, path: str) -> bool:
         return _identity(path) != self._identities.get(path)
@@ -164,6 +201,7 @@ class InotifyWatcher:
     def _unschedule(self, path: str) -> None:
         watch = self._watches.pop(path)
         self._identities.pop(path, None)
+        self._targets.pop(path, None)
         # KeyError/OSError: the directory is gone and the kernel dropped the watch already.
         with contextlib.suppress(KeyError, OSError):
             self._observer.unschedule(watch)
@@ -184,12 +222,13 @@ class InotifyWatcher:
     def rearm(self) -> None:
         """Start over with a fresh observer watching the same directories."""
         with self._lock:
-            paths = list(self._watches)
+            targets = dict(self._targets)
             self._stop_observer()
             self._watches.clear()
             self._identities.clear()
+            self._targets.clear()
             self._observer = self._new_observer()
-        self.watch(paths)
+        self.watch(targets)
 
     def _stop_observer(self) -> None:
         try:
@@ -203,6 +242,7 @@ class InotifyWatcher:
             self._stop_observer()
             self._watches.clear()
             self._identities.clear()
+            self._targets.clear()
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -215,27 +255,30 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class Signature:
-    """What polling compares: the directory's own times plus each consumer marker's stat.
+    """What polling compares: the directory's own times plus the stat of each file named inside.
 
     A step created, renamed or removed changes the directory's mtime; a marker rewritten in place
-    changes only the marker's, so markers are statted by name (names from the last scan).
+    changes only the marker's, and a sentinel created inside a step only the step's, so those are
+    statted by name (names from the last scan: consumer markers, `step_N/.receiver_ready`).
+    A marker replaced by rename is another inode, even within one tick of the clock.
     """
 
     directory: tuple[int, int, int]
-    markers: tuple[tuple[str, int, int], ...]
+    files: tuple[tuple[str, int, int, int], ...]
 
 
-def signature(path: str, marker_names: Iterable[str]) -> Signature | None:
-    """Stat `path` and its markers without listing it (cheap even with 100,000 steps)."""
+def signature(path: str, names: Iterable[str]) -> Signature | None:
+    """Stat `path` and the files `names` (relative to it) without listing anything (cheap even
+    with 100,000 steps)."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
-    markers = []
-    for name in sorted(marker_names):
+    files = []
+    for name in sorted(names):
         try:
-            mst = os.stat(os.path.join(path, name), follow_symlinks=False)
-            markers.append((name, mst.st_mtime_ns, mst.st_size))
+            fst = os.stat(os.path.join(path, name), follow_symlinks=False)
+            files.append((name, fst.st_ino, fst.st_mtime_ns, fst.st_size))
         except OSError:
-            markers.append((name, -1, -1))
-    return Signature((st.st_ino, st.st_mtime_ns, st.st_ctime_ns), tuple(markers))
+            files.append((name, -1, -1, -1))
+    return Signature((st.st_ino, st.st_mtime_ns, st.st_ctime_ns), tuple(files))
