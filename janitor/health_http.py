@@ -7,6 +7,7 @@ It runs on a daemon thread beside the reconcile loop and only reads: the metrics
 from __future__ import annotations
 
 import ipaddress
+import re
 import selectors
 import socket
 import threading
@@ -96,9 +97,26 @@ def parse_addr(text: str) -> tuple[str, int]:
         raise ValueError(f"bad metrics address {text!r}: put an IPv6 host in brackets, {hint}")
     if not host:
         raise ValueError(f"bad metrics address {text!r}: empty host, {hint}")
+    if not _is_host(host):
+        raise ValueError(f"bad metrics address {text!r}: {host!r} is neither an IP address nor "
+                         f"a host name, {hint}")
     if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(f"bad metrics address {text!r}: port must be 0-65535, {hint}")
     return host, int(port_text)
+
+
+# A DNS host name (RFC 1123 labels): letters, digits and inner hyphens, dot-separated.
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", re.ASCII)
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4 or IPv6 literal, or a host name; `+127.0.0.1` or `a"b` is neither."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOST_NAME.fullmatch(host) is not None and not host.replace(".", "").isdigit()
+    return True
 
 
 class HealthServer:

@@ -111,14 +111,24 @@ def marker_name(text: str) -> str:
     return text
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+
+
 def metrics_port_only(text: str) -> tuple[str, int]:
-    """The subset of --metrics-addr the tests generate: PORT or 127.0.0.1:PORT, port 0..65535."""
-    host, _, port = text.rpartition(":")
-    if host not in ("", "127.0.0.1") or not re.fullmatch(r"[0-9]+", port, re.ASCII):
+    """--metrics-addr without IPv6: PORT, or HOST:PORT with HOST a dotted-quad IPv4 address or
+    a DNS name that is not all digits and dots (`+127.0.0.1` is neither); port 0..65535."""
+    host, colon, port = text.rpartition(":")
+    if not re.fullmatch(r"[0-9]+", port, re.ASCII) or int(port) > 65535:
         raise RefusedError(text)
-    if int(port) > 65535:
+    if not colon:
+        return ("127.0.0.1", int(port))
+    if not (_IPV4.fullmatch(host) or (_NAME.fullmatch(host) and len(host) <= 253
+                                     and not host.replace(".", "").isdigit())):
         raise RefusedError(text)
-    return ("127.0.0.1", int(port))
+    return (host, int(port))
 
 
 @dataclass(frozen=True)

@@ -162,8 +162,12 @@ def test_type_table(kind: click.ParamType, good: dict[str, object], bad: list[st
 def test_metrics_addr_is_strict() -> None:
     assert strict.METRICS_ADDR.convert("9464", None, None) == ("127.0.0.1", 9464)
     assert strict.METRICS_ADDR.convert("[::1]:0", None, None) == ("::1", 0)
+    assert strict.METRICS_ADDR.convert("node-3.cluster.local:9464", None, None) == (
+        "node-3.cluster.local", 9464)
     for text in ["", " ", " 9464", "9464 ", "host :9464", "١٢", "９４６４", "65536", "-1", "+80",
-                 "localhost:", "a\tb:1", "1_000", "::1:80", "ｈost:80"]:
+                 "localhost:", "a\tb:1", "1_000", "::1:80", "ｈost:80",
+                 # hosts that are neither an IP literal nor a DNS name (found by hypothesis)
+                 "+127.0.0.1:0", "a\"b:1", "-x:1", "999.1.1.1:80", "x..y:80"]:
         with pytest.raises(click.BadParameter):
             strict.METRICS_ADDR.convert(text, None, None)
 
