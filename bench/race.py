@@ -275,7 +275,13 @@ def _row(cfg: Config, key: str, directory: Path, events: Events, sampled: dict[s
         "trainer_wall_s": trainer_s,
         "trainer_s_per_step": trainer_s / max(1, last),
         "deleted_by_trainer": deleted_by_trainer,
-        "deleted_by_janitor": events.janitor_deleted + len(final_pass.get("deleted", [])),
+        # Steps the janitor took out of the tree: every step written that neither the trainer
+        # deleted nor is left. Its `deleted` events come only once the bytes are freed, at idle
+        # priority, and a SIGTERM leaves the rest in the trash for the next start: on a loaded
+        # machine they would undercount what consumers could no longer see.
+        "deleted_by_janitor": (0 if cleaner != "janitor" else
+                               last - deleted_by_trainer - len(on_disk)),
+        "janitor_reclaimed_before_stop": events.janitor_deleted,
         "janitor_final_pass": final_pass,
         "janitor_exit_code": janitor_code,
         "janitor_errors": events.janitor_errors[:5],
