@@ -58,7 +58,7 @@ def test_atomic_publish_deletes_exactly_the_doomed_steps(spawn: Spawn,
     # Kept: 4 and 8 (multiples of 4), 9 (newest complete), 7 (at the loaded step) and 8 above it.
     wait_until(lambda: step_numbers(managed) == {4, 7, 8, 9}, 10, "steps 1,2,3,5,6 to go")
     for step in (1, 2, 3, 5, 6):
-        event = daemon.wait_event("deleted", step=step)
+        event = daemon.wait_event("deleted", step=step, timeout_s=60)
         assert event["reason"] == "superseded"
         assert event["directory"] == str(managed)
         assert event["bytes"] > 0
@@ -228,7 +228,7 @@ def test_metrics_name_the_deletion_and_its_reason(spawn: Spawn, tree: tuple[Path
     status, body = daemon.http("/healthz")
     assert (status, body) == (200, "ok\n")
     publish_marker(managed, 3)
-    daemon.wait_event("deleted", step=2)
+    daemon.wait_event("deleted", step=2, timeout_s=60)
     status, body = daemon.http("/metrics")
     assert status == 200
     assert parse_metric(body, "ckpt_janitor_deletions_total", {"reason": "superseded"}) == 2
@@ -323,7 +323,7 @@ def test_every_stderr_line_is_json_and_deleted_events_carry_the_facts(
     ready(daemon)
     publish_marker(managed, 4)
     for step in (1, 2, 3):
-        event = daemon.wait_event("deleted", step=step)
+        event = daemon.wait_event("deleted", step=step, timeout_s=60)
         assert {"timestamp", "level", "logger", "directory", "reason", "bytes"} <= set(event)
     daemon.http("/metrics")
     daemon.stop()

@@ -54,7 +54,7 @@ def test_a_slow_reclaim_does_not_delay_the_next_reaction(spawn: Spawn, tmp_path:
     assert any(name.startswith("1.") for name in _trash(managed))
     big = daemon.wait_event("deleted", step=1, timeout_s=120)
     assert big["files"] >= BIG_FILES and big["reason"] == "superseded"
-    daemon.wait_event("deleted", step=2)
+    daemon.wait_event("deleted", step=2, timeout_s=60)
     wait_until(lambda: _trash(managed) == [], 10, "the trash to empty")
     # Rescans ran during the big reclaim: each deletion is still reported exactly once.
     assert sorted(e["step"] for e in daemon.named("deleted")) == [1, 2]
@@ -83,7 +83,7 @@ def test_sigkill_during_a_big_reclaim_leaves_trash_the_next_start_reclaims(
     left = second.wait_event("deleted", step=1, timeout_s=120)
     assert left["reason"] == "leftover"
     for step in (2, 3, 4):
-        assert second.wait_event("deleted", step=step)["reason"] == "superseded"
+        assert second.wait_event("deleted", step=step, timeout_s=60)["reason"] == "superseded"
     wait_until(lambda: _trash(managed) == [], 10, "the trash to empty")
     assert step_numbers(managed) == set(range(5, 10))
     # The leftover job and the new pass's job overlap: still one event per deletion.

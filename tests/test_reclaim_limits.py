@@ -231,7 +231,7 @@ def test_the_daemon_retries_a_failing_entry_with_backoff_and_its_fds_stay_flat(
         failed = daemon.wait_event("reclaim_failed", step=1)
         assert failed["why"] == "permission denied at locked"
         for step in (2, 3, 4):
-            daemon.wait_event("deleted", step=step)
+            daemon.wait_event("deleted", step=step, timeout_s=60)
 
         def passes() -> int:
             return int(daemon.metric("ckpt_janitor_reconcile_duration_seconds_count") or 0)
