@@ -178,8 +178,10 @@ class Container:
             state = result.stdout.strip()
             if state in {"running", "degraded"}:
                 return True
-            if state in {"maintenance", "stopping", "offline"}:
+            if state in {"maintenance", "stopping"}:
                 raise RuntimeError(f"container is {state}:\n{self.console_tail()}")
+            # "offline" (no manager answers yet) is what the first instants of a boot look like
+            # on a loaded machine, before PID 1 has become systemd: keep waiting, up to timeout.
             return False
 
         wait_for("the container's systemd to finish booting", booted, timeout, interval=0.5)
