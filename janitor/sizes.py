@@ -19,14 +19,14 @@ def freed_by(st: os.stat_result) -> int:
 
 
 def path_size(path: str | os.PathLike[str]) -> int:
-    """Bytes freed by removing the directory at `path` (0 if it does not exist)."""
-    parent, name = os.path.split(os.path.abspath(path))
+    """Bytes freed by removing the directory at `path` (0 if it does not exist). Walked from
+    the directory itself, so it may be a mount point (the walk stays on its starting mount)."""
     try:
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return 0
     try:
-        return tree_size(fd, name)
+        return tree_size(fd, ".")
     finally:
         os.close(fd)
 

@@ -98,18 +98,14 @@ class _Walker:
         self.own_modes = own_modes
         self.stack: list[_Frame] = []
         self.open_count = 0
-        self.home_mount: int | None = None
+        self.home_mount = reserved.mount_id(base_fd)
 
     def _on_home_mount(self, fd: int) -> bool:
-        """Whether the directory `fd` is on the mount the walk started on. st_dev cannot tell a
+        """Whether the directory `fd` is on the mount of `base_fd`, the directory the walk
+        starts from (the trash, when reclaiming), the walk's root included: st_dev cannot tell a
         bind mount of the same filesystem, made at any time, even mid-walk; the mount ID can.
         Costs one read of /proc/self/fdinfo per directory (not per file)."""
-        here = reserved.mount_id(fd)
-        if not self.stack:  # the walk's root: it sets the mount to stay on
-            self.home_mount = here
-            return True
-        # Without mount IDs (no /proc, no statx) the st_dev checks are all there is.
-        return self.home_mount is None or here == self.home_mount
+        return _same_mount(fd, self.home_mount)
 
     # ---- the walk ------------------------------------------------------------------------
 
@@ -289,7 +285,16 @@ def open_directory(parent_fd: int, name: str, *, dev: int, own_modes: bool = Fal
         raise OSError(errno.EXDEV, "another filesystem, not entered")
     fd = _open_dir(parent_fd, name, st.st_ino, own_modes)
     _verified(fd, dev, st.st_ino, name, own_modes)
+    if not _same_mount(fd, reserved.mount_id(parent_fd)):
+        os.close(fd)
+        raise OSError(errno.EXDEV, "a mount point (a bind mount?), not crossed")
     return fd
+
+
+def _same_mount(fd: int, home_mount: int | None) -> bool:
+    """Whether `fd` is on the mount `home_mount`. Without mount IDs (no /proc, no statx) the
+    st_dev checks are all there is."""
+    return home_mount is None or reserved.mount_id(fd) == home_mount
 
 
 def _verified(fd: int, dev: int, ino: int, where: str, own_modes: bool) -> os.stat_result:

@@ -371,3 +371,32 @@ def test_a_same_filesystem_bind_mount_made_mid_walk_is_not_crossed(tmp_path: Pat
     assert ("dir", "z") not in seen and ("entry", "precious") not in seen
     assert errors == [("e/z", "a mount point (a bind mount?), not crossed")]
     assert tree_state(outside) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_a_walk_root_or_opened_directory_that_is_a_bind_mount_is_not_entered(
+        tmp_path: Path) -> None:
+    """The home mount is that of the directory the walk starts from (the trash), so a trash
+    entry that is itself a same-filesystem bind mount is refused too, by the serial walk and by
+    open_directory (the parallel reclaim's way into an entry)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"p")
+    (tmp_path / "trash" / "e").mkdir(parents=True)
+    done = subprocess.run(["mount", "--bind", str(outside), str(tmp_path / "trash" / "e")],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount: {done.stderr.decode().strip()}")
+    fd = os.open(tmp_path / "trash", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        errors: list[tuple[str, str | None]] = []
+        seen = list(walk.walk(fd, "e", onexc=lambda exc, where: errors.append(
+            (where, exc.strerror))))
+        assert seen == []
+        assert errors == [("e", "a mount point (a bind mount?), not crossed")]
+        with pytest.raises(OSError, match="a mount point"):
+            walk.open_directory(fd, "e", dev=os.fstat(fd).st_dev)
+    finally:
+        os.close(fd)
+        subprocess.run(["umount", str(tmp_path / "trash" / "e")], check=True)
+    assert (outside / "precious").read_bytes() == b"p"
