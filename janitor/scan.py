@@ -255,7 +255,7 @@ def read_consumer(dir_fd: int, filename: str, consumer: str,
     try:
         fd = reserved.open_reserved(dir_fd, filename, os.O_RDONLY)
     except OSError as exc:
-        return Consumer(consumer, filename, None, _open_problem(exc), 0)
+        return Consumer(consumer, filename, None, _open_problem(exc, filename), 0)
     try:
         try:
             st = reserved.check_file(fd, filename, home_mount, action="")
@@ -272,13 +272,14 @@ def read_consumer(dir_fd: int, filename: str, consumer: str,
     return Consumer(consumer, filename, value, None, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _open_problem(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "is a symlink (never followed)"
+def _open_problem(exc: OSError, filename: str) -> str:
+    """Why a marker could not be opened, in the words reserved.open_error uses for every
+    reserved name (a symlink, a socket, ...), else what the error says."""
+    unsafe = reserved.open_error(exc, filename, "")
+    if isinstance(unsafe, reserved.UnsafeObjectError):
+        return unsafe.what
     if exc.errno == errno.ENOENT:
         return "vanished while reading"
     if exc.errno == errno.EACCES:
         return "unreadable (permission denied)"
-    if exc.errno == errno.ENXIO:
-        return "is a socket, not a regular file"
     return f"unreadable ({exc.strerror})"
