@@ -8,11 +8,12 @@ project's vocabulary; docs/policy.md explains each one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from janitor.model import Entry, Snapshot
+from janitor.model import Consumer, Entry, Snapshot
 from janitor.protocol import printable
 
 
@@ -159,63 +160,83 @@ class Plan:
         return self.progress.problem
 
 
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The facts about a whole directory that every one decision reads: how far consumers have
+    loaded, the newest complete step, the `keep_last` newest complete steps, and the cut-off
+    for "changed recently". `plan` derives it from a snapshot in one pass; the daemon's
+    directory index derives the same from its ordered step numbers without visiting every
+    step, then decides only the entries that can be doomed (`decide` is the one rule)."""
+
+    progress: Progress
+    newest_complete: int | None
+    kept_last: frozenset[int]
+    recent_ns: int
+
+
 def read_progress(snapshot: Snapshot, policy: Policy) -> Progress:
     """The effective loaded step: the minimum over consumers, or a reason to delete nothing."""
+    newest = max((e.number for e in snapshot.steps if e.number is not None), default=None)
+    ready = [e for e in snapshot.steps if e.receiver_ready_ns is not None]
+    newest_ready = max(ready, key=lambda e: e.number or 0) if ready else None
+    return progress_of(snapshot.consumers, newest, newest_ready, policy)
+
+
+def progress_of(consumers: Sequence[Consumer], newest_step: int | None,
+                newest_ready: Entry | None, policy: Policy) -> Progress:
+    """`read_progress` from the few facts it needs: the consumer markers, the newest step
+    number, and the newest step holding a `.receiver_ready` sentinel."""
     if not policy.gated:
         return Progress(None, None, None)
     if policy.progress == "receiver-ready":
-        return _receiver_ready_progress(snapshot)
-    return _marker_progress(snapshot)
+        if newest_ready is None:
+            return Progress(None, None, "no step holds a .receiver_ready sentinel")
+        return Progress(newest_ready.number, newest_ready.receiver_ready_ns, None)
+    return _marker_progress(consumers, newest_step)
 
 
-def _marker_progress(snapshot: Snapshot) -> Progress:
+def _marker_progress(consumers: Sequence[Consumer], newest: int | None) -> Progress:
     """Every consumer must be valid and none beyond the newest step (invariant 5): a stale
     `LOADED_STEP.eval=99` left from another run halts the directory even when another consumer
     is lower, since the tree it describes is not this one."""
-    if not snapshot.consumers:
+    if not consumers:
         return Progress(None, None, "no LOADED_STEP marker")
-    bad = [c for c in snapshot.consumers if c.problem is not None]
+    bad = [c for c in consumers if c.problem is not None]
     if bad:
         first = bad[0]
         return Progress(None, None, f"{printable(first.filename)}: {first.problem}")
-    steps = [c.step for c in snapshot.consumers if c.step is not None]
-    newest = max((e.number for e in snapshot.steps if e.number is not None), default=None)
-    beyond = [c for c in snapshot.consumers if c.step is not None and newest is not None
+    steps = [c.step for c in consumers if c.step is not None]
+    beyond = [c for c in consumers if c.step is not None and newest is not None
               and c.step > newest]
     if beyond:
         first = beyond[0]
         return Progress(None, None, f"{printable(first.filename)}: loaded step {first.step} is "
                         f"beyond the newest step {newest} (a marker left from another run?)")
     # The licence is the earliest of every marker's conservative write time (invariant 4).
-    return Progress(min(steps), min(c.licence_ns for c in snapshot.consumers), None)
+    return Progress(min(steps), min(c.licence_ns for c in consumers), None)
 
 
-def _receiver_ready_progress(snapshot: Snapshot) -> Progress:
-    ready = [e for e in snapshot.steps if e.receiver_ready_ns is not None]
-    if not ready:
-        return Progress(None, None, "no step holds a .receiver_ready sentinel")
-    newest = max(ready, key=lambda e: e.number or 0)
-    return Progress(newest.number, newest.receiver_ready_ns, None)
+def context_of(progress: Progress, complete_desc: Sequence[int], scanned_ns: int,
+               policy: Policy) -> Context:
+    """The Context from the progress and the complete step numbers, newest first (only the
+    first `keep_last` are read)."""
+    top = complete_desc[: policy.keep_last]
+    return Context(progress, top[0] if top else None, frozenset(top),
+                   scanned_ns - int(policy.partial_grace_s * 1e9))
 
 
 def plan(snapshot: Snapshot, policy: Policy) -> Plan:
     """Decide keep or delete, with the rule that decided, for every entry of the snapshot."""
-    progress = read_progress(snapshot, policy)
     complete = sorted((e.number for e in snapshot.steps if e.complete and e.number is not None),
                       reverse=True)
-    newest_complete = complete[0] if complete else None
-    kept_last = frozenset(complete[: policy.keep_last])
-    grace_ns = int(policy.partial_grace_s * 1e9)
-    decisions = tuple(
-        _decide(e, policy, progress, newest_complete, kept_last, snapshot.scanned_ns - grace_ns)
-        for e in snapshot.entries
-    )
-    return Plan(decisions, progress, newest_complete)
+    context = context_of(read_progress(snapshot, policy), complete, snapshot.scanned_ns, policy)
+    decisions = tuple(decide(e, policy, context) for e in snapshot.entries)
+    return Plan(decisions, context.progress, context.newest_complete)
 
 
-def _decide(entry: Entry, policy: Policy, progress: Progress, newest_complete: int | None,
-            kept_last: frozenset[int], recent_ns: int) -> Decision:
-    reason = _keep_reason(entry, policy, progress, newest_complete, kept_last, recent_ns)
+def decide(entry: Entry, policy: Policy, context: Context) -> Decision:
+    """Keep or delete one entry, and the first rule that decided."""
+    reason = _keep_reason(entry, policy, context)
     if reason is not None:
         return Decision(entry, delete=False, reason=reason)
     if entry.staging:
@@ -225,8 +246,9 @@ def _decide(entry: Entry, policy: Policy, progress: Progress, newest_complete: i
     return Decision(entry, delete=True, reason=Reason.ABANDONED_PARTIAL)
 
 
-def _keep_reason(entry: Entry, policy: Policy, progress: Progress, newest_complete: int | None,
-                 kept_last: frozenset[int], recent_ns: int) -> Reason | None:
+def _keep_reason(entry: Entry, policy: Policy, context: Context) -> Reason | None:
+    progress, newest_complete = context.progress, context.newest_complete
+    recent_ns = context.recent_ns
     number = entry.number
     if entry.pinned:
         return Reason.PINNED
@@ -241,7 +263,7 @@ def _keep_reason(entry: Entry, policy: Policy, progress: Progress, newest_comple
     if not entry.complete and (newest_complete is None or number > newest_complete
                                or entry.changed_ns > recent_ns):
         return Reason.IN_PROGRESS
-    if number in kept_last:
+    if number in context.kept_last:
         return Reason.KEEP_LAST
     if policy.gated:
         if progress.loaded_step is None or number >= progress.loaded_step:

@@ -1,0 +1,327 @@
+"""An in-memory index of one managed directory, kept current from the names events report.
+
+No I/O here: the daemon reads one child at a time (`fs.scan.classify`) and `put`s what it saw.
+The index keeps the step numbers ordered, so the facts every decision reads (`policy.Context`:
+newest step, newest complete steps, the loaded step) cost O(keep_last + consumers), and the
+entries that can be doomed are found by bisection: with a gate at L, only steps below L that are
+not `--interval-to-keep` multiples, plus the staging directories. So a marker moving from L to L'
+visits the steps in [L, L') and the few survivors below L, not the thousands of kept multiples.
+
+The index never licenses a deletion by itself: every candidate is read again from disk before
+it is decided, and every doomed step is verified through its fd right before its rename. A full
+rescan (start, timer, overflow) checks it name by name (`check`), and what differs is reported.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from janitor import protocol
+from janitor.model import Consumer, Entry, Foreign, Snapshot
+from janitor.policy import Context, Policy, context_of, progress_of
+
+
+class Trash:
+    """What `classify` returns for the janitor's own trash directory."""
+
+
+TRASH = Trash()
+
+Item = Entry | Foreign | Consumer | Trash | None  # None: nothing of ours by that name
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A name where the index and a full rescan disagreed, and how."""
+
+    name: str
+    indexed: str
+    scanned: str
+
+
+def _kind(item: Item) -> str:
+    """What a mismatch report says an item is: enough to see which event was missed."""
+    if item is None:
+        return "absent"
+    if isinstance(item, Entry):
+        what = "staging" if item.staging else "step"
+        return f"{what} (ino {item.ino})"
+    if isinstance(item, Foreign):
+        return "foreign"
+    if isinstance(item, Consumer):
+        return "marker"
+    return "trash"
+
+
+def _same(a: Item, b: Item) -> bool:
+    """Whether two views of one name are the same object, as far as events tell. A step's
+    completion and times may change with no event in its parent (a file written inside it),
+    so they are not compared: the index refreshes them before they decide anything."""
+    if isinstance(a, Entry) and isinstance(b, Entry):
+        return (a.number, a.dev, a.ino) == (b.number, b.dev, b.ino)
+    if isinstance(a, Foreign) and isinstance(b, Foreign):
+        return True
+    if isinstance(a, Consumer) and isinstance(b, Consumer):
+        return True
+    return type(a) is type(b)
+
+
+class _Sorted:
+    """A sorted list of ints with O(log n) search (inserts at the top, the common case, are
+    appends)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+
+    def add(self, value: int) -> None:
+        values = self.values
+        if not values or value > values[-1]:
+            values.append(value)
+        else:
+            at = bisect.bisect_left(values, value)
+            if at == len(values) or values[at] != value:
+                values.insert(at, value)
+
+    def discard(self, value: int) -> None:
+        values = self.values
+        at = bisect.bisect_left(values, value)
+        if at < len(values) and values[at] == value:
+            del values[at]
+
+    def below(self, limit: int) -> list[int]:
+        return self.values[: bisect.bisect_left(self.values, limit)]
+
+    def above(self, limit: int) -> list[int]:
+        return self.values[bisect.bisect_right(self.values, limit):]
+
+    def last(self) -> int | None:
+        return self.values[-1] if self.values else None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class DirectoryIndex:
+    """What one managed directory holds, by name, with its step numbers kept in order."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.entries: dict[str, Entry] = {}  # steps and staging directories
+        self.foreign: dict[str, Foreign] = {}
+        self.consumers: dict[str, Consumer] = {}  # by file name
+        self.trash_present = False
+        self._by_number: dict[int, str] = {}
+        self._steps = _Sorted()  # every step number
+        self._open = _Sorted()  # the step numbers that are not interval multiples
+        self._complete = _Sorted()
+        self._ready = _Sorted()  # steps holding a `.receiver_ready`
+        self._staging: set[str] = set()
+        self.seq = 0  # bumped by every put: a rescan started at seq s is older than later puts
+        self._touched: dict[str, int] = {}
+
+    # ---- building -----------------------------------------------------------------------
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, policy: Policy) -> DirectoryIndex:
+        index = cls(policy)
+        for entry in snapshot.entries:
+            index.put(entry.name, entry)
+        for foreign in snapshot.foreign:
+            index.put(foreign.name, foreign)
+        for consumer in snapshot.consumers:
+            index.put(consumer.filename, consumer)
+        index.trash_present = snapshot.trash_present
+        return index
+
+    def get(self, name: str) -> Item:
+        if name in self.entries:
+            return self.entries[name]
+        if name in self.foreign:
+            return self.foreign[name]
+        if name in self.consumers:
+            return self.consumers[name]
+        return TRASH if name == protocol.TRASH_DIR and self.trash_present else None
+
+    def put(self, name: str, item: Item) -> None:
+        """Record what `name` is now (None: gone)."""
+        self.seq += 1
+        self._touched[name] = self.seq
+        old = self.entries.get(name)
+        if (old is not None and isinstance(item, Entry) and item.number is not None
+                and item.number == old.number):
+            self._update_step(old, item)  # the common case: a step read again
+            return
+        self._remove(name)
+        if isinstance(item, Entry):
+            self._add_entry(item)
+        elif isinstance(item, Foreign):
+            self.foreign[name] = item
+        elif isinstance(item, Consumer):
+            self.consumers[name] = item
+        elif isinstance(item, Trash):
+            self.trash_present = True
+
+    def _add_entry(self, entry: Entry) -> None:
+        number = entry.number
+        if number is None:
+            self.entries[entry.name] = entry
+            self._staging.add(entry.name)
+            return
+        other = self._by_number.get(number)
+        if other is not None:
+            # Canonical names are unique per number (`step_5` only): a second name for one
+            # number cannot come from the protocol's parser. Keep neither as deletable.
+            raise ValueError(f"two entries for step {number}: {other!r} and {entry.name!r}")
+        self.entries[entry.name] = entry
+        self._by_number[number] = entry.name
+        self._steps.add(number)
+        interval = self.policy.interval_to_keep
+        if interval is None or number % interval != 0:
+            self._open.add(number)
+        if entry.complete:
+            self._complete.add(number)
+        if entry.receiver_ready_ns is not None:
+            self._ready.add(number)
+
+    def _update_step(self, old: Entry, new: Entry) -> None:
+        """A step read again under the same name and number: O(1) unless a flag flipped."""
+        number = new.number
+        assert number is not None
+        self.entries[new.name] = new
+        if old.complete != new.complete:
+            (self._complete.add if new.complete else self._complete.discard)(number)
+        if (old.receiver_ready_ns is None) != (new.receiver_ready_ns is None):
+            (self._ready.discard if new.receiver_ready_ns is None else self._ready.add)(number)
+
+    def _remove(self, name: str) -> None:
+        entry = self.entries.pop(name, None)
+        if entry is not None:
+            if entry.number is None:
+                self._staging.discard(name)
+            else:
+                number = entry.number
+                del self._by_number[number]
+                for ordered in (self._steps, self._open, self._complete, self._ready):
+                    ordered.discard(number)
+            return
+        if self.foreign.pop(name, None) is not None:
+            return
+        if self.consumers.pop(name, None) is not None:
+            return
+        if name == protocol.TRASH_DIR:
+            self.trash_present = False
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def names(self) -> Iterator[str]:
+        yield from self.entries
+        yield from self.foreign
+        yield from self.consumers
+        if self.trash_present:
+            yield protocol.TRASH_DIR
+
+    def step(self, number: int) -> Entry:
+        return self.entries[self._by_number[number]]
+
+    @property
+    def step_count(self) -> int:
+        return len(self._steps)
+
+    def context(self, scanned_ns: int) -> Context:
+        """The same Context `policy.plan` would derive from a full snapshot of this index."""
+        policy = self.policy
+        newest = self._steps.last()
+        ready = self._ready.last()
+        consumers = [self.consumers[k] for k in sorted(self.consumers)]
+        progress = progress_of(consumers, newest,
+                               None if ready is None else self.step(ready), policy)
+        complete = self._complete.values
+        top = complete[len(complete) - min(policy.keep_last, len(complete)):][::-1]
+        return context_of(progress, top, scanned_ns, policy)
+
+    def candidates(self, context: Context) -> list[Entry]:
+        """Every entry `policy.decide` could doom under `context` (a superset): the staging
+        directories, and the steps that are not interval multiples below the loaded step (all of
+        them without a gate). Nothing while the directory is halted."""
+        if context.progress.problem is not None:
+            return []
+        found = [self.entries[name] for name in sorted(self._staging)]
+        loaded = context.progress.loaded_step
+        if not self.policy.gated:
+            numbers = self._open.values
+        elif loaded is None:
+            numbers = []
+        else:
+            numbers = self._open.below(loaded)
+        found.extend(self.entries[self._by_number[n]] for n in numbers)
+        return found
+
+    def watch_list(self, context: Context) -> list[str]:
+        """The names whose state decides the Context, read again before each decision: the
+        consumer markers, the `keep_last` newest complete steps (a completion marker removed
+        inside a step sends its parent no event), every incomplete step above the oldest of
+        those (one may have completed in place), the newest step and the newest sentinel."""
+        names = list(self.consumers)
+        complete = self._complete.values
+        top = complete[len(complete) - min(self.policy.keep_last, len(complete)):]
+        floor = top[0] if top else -1
+        completed = set(top)
+        names.extend(self._by_number[n] for n in top)
+        names.extend(self._by_number[n] for n in self._steps.above(floor) if n not in completed)
+        for number in (self._ready.last(),):
+            if number is not None:
+                names.append(self._by_number[number])
+        return list(dict.fromkeys(names))
+
+    def steps_above(self, number: int | None) -> list[int]:
+        """The step numbers above `number` (all of them for None), in order."""
+        return list(self._steps.values) if number is None else self._steps.above(number)
+
+    def snapshot(self, path: str, dev: int, scanned_ns: int,
+                 entries: Iterable[Entry] | None = None,
+                 foreign: Iterable[Foreign] | None = None) -> Snapshot:
+        """A Snapshot of the given entries (all of them by default) with every consumer."""
+        chosen = self.entries.values() if entries is None else entries
+        ordered = sorted(chosen, key=lambda e: (e.number is None, e.number or 0, e.name))
+        strangers = self.foreign.values() if foreign is None else foreign
+        return Snapshot(path, dev, scanned_ns, tuple(ordered),
+                        tuple(sorted(strangers, key=lambda f: f.name)),
+                        tuple(self.consumers[k] for k in sorted(self.consumers)),
+                        self.trash_present)
+
+    # ---- checking -----------------------------------------------------------------------
+
+    def touched_since(self, name: str, seq: int) -> bool:
+        """Whether `name` was put after the index's seq was `seq` (fresher than a rescan that
+        began then)."""
+        return self._touched.get(name, 0) > seq
+
+    def check(self, name: str, item: Item) -> Mismatch | None:
+        """Take a rescan's fresh view of `name`; say how the index disagreed about what the name
+        is (a missed event), if it did. Drift in a step's completion or times is no mismatch:
+        writes inside a step send its parent no event, and the index reads those again before
+        they decide anything. The rescan's view wins either way."""
+        mine = self.get(name)
+        if mine is item:
+            return None
+        mismatch = None if _same(mine, item) else Mismatch(name, _kind(mine), _kind(item))
+        if mismatch is not None or mine != item:
+            self.put(name, item)
+        return mismatch
+
+    def unlisted(self, listed: set[str], since_seq: int) -> list[str]:
+        """The names the index holds that a listing taken when its seq was `since_seq` did not
+        show, and that no put has refreshed since."""
+        return [name for name in list(self.names())
+                if name not in listed and not self.touched_since(name, since_seq)]
+
+    def forget_untouched(self, since_seq: int) -> None:
+        """Drop the bookkeeping of names gone before `since_seq`: it stays the size of the
+        tree, not of its history."""
+        for name in [n for n, seq in self._touched.items() if seq <= since_seq
+                     and self.get(n) is None]:
+            del self._touched[name]
