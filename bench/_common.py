@@ -60,7 +60,7 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 def filesystem_of(path: Path) -> str:
     """The type of the filesystem `path` is on (as the janitor itself sees it)."""
-    from janitor.mounts import filesystem_type
+    from janitor.fs.mounts import filesystem_type
     return filesystem_type(str(path))
 
 

@@ -49,8 +49,8 @@ from typing import Any
 import psutil
 from _common import REPO, janitor_command, machine, scratch, summary, write_json
 
-from janitor.managed import ManagedDirectory
 from janitor.model import ScanOptions
+from janitor.ops.managed import ManagedDirectory
 from janitor.policy import Policy
 
 IN_MOVED_FROM = 0x40

@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the demo's ro
 
 from demo.live import janitor_command, json_records, role_command
 from janitor import protocol
-from janitor.report import human_bytes
-from janitor.sizes import path_size
+from janitor.fs.sizes import path_size
+from janitor.ops.report import human_bytes
 
 CLEANERS = {"a": "inline-n2", "b": "inline-gated", "c": "janitor"}
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,9 +23,9 @@ from typing import Any
 
 from _common import machine, run_rm_rf, scratch, write_json
 
-from janitor import reaper, reserved
+from janitor.fs import reaper, reserved
+from janitor.fs.scan import open_directory, scan
 from janitor.model import ScanOptions
-from janitor.scan import open_directory, scan
 
 CHUNK = os.urandom(1 << 20)
 

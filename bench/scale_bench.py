@@ -38,8 +38,8 @@ from typing import Any
 import psutil
 from _common import filesystem_of, janitor_command, machine, stop_process, write_json
 
-from janitor.managed import ManagedDirectory
 from janitor.model import ScanOptions
+from janitor.ops.managed import ManagedDirectory
 from janitor.policy import Policy
 
 
@@ -61,7 +61,7 @@ def build_tree(managed: Path, steps: int) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    from janitor import reaper
+    from janitor.fs import reaper
     parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         reaper.reclaim(parent, [path.name], workers=8)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from janitor import protocol
-from janitor.report import human_bytes
-from janitor.sizes import path_size
+from janitor.fs.sizes import path_size
+from janitor.ops.report import human_bytes
 from trainer_hooks.consume import load_step, wait_for_step_newer_than
 from trainer_hooks.markers import mark_loaded
 from trainer_hooks.publish import save_step, staged_step

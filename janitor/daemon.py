@@ -23,14 +23,15 @@ from typing import Literal
 import psutil
 import structlog
 
-from janitor import exitcodes, lock, mounts, protocol, reaper
-from janitor.audit import AuditLog
+from janitor import exitcodes, protocol
+from janitor.fs import lock, mounts, reaper
+from janitor.fs.paths import Discovery, Stamp, check_root, directory_stamp, discover, discover_below
 from janitor.health_http import HealthServer, Liveness, start_server
-from janitor.managed import ManagedDirectory, PassResult
 from janitor.metrics import Metrics
 from janitor.model import ScanOptions
 from janitor.notify import Notifier
-from janitor.paths import Discovery, Stamp, check_root, directory_stamp, discover, discover_below
+from janitor.ops.audit import AuditLog
+from janitor.ops.managed import ManagedDirectory, PassResult
 from janitor.policy import Plan, Policy
 from janitor.reclaimer import Item, Reclaimer
 from janitor.watch import InotifyWatcher, Signature, Target, signature

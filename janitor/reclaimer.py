@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from janitor import priority, protocol, reaper
-from janitor.sizes import tree_size
+from janitor import protocol
+from janitor.fs import priority, reaper
+from janitor.fs.sizes import tree_size
 
 log = structlog.get_logger("janitor.reclaim")
 

@@ -1,7 +1,7 @@
 """Helpers for the option-parsing tests: run `janitor` in-process (fast, for `sweep`, `status` and
 parse-only checks) and an independent spec of what every option and variable accepts.
 
-The spec below is written from the README's "Option values" paragraph, not from janitor.options:
+The spec below is written from the README's "Option values" paragraph, not from janitor.cli.options:
 it is the oracle the hostile-input suite compares the real parser against.
 """
 
@@ -52,7 +52,7 @@ def assert_one_usage_line(ran: Ran, case: str) -> str:
     return ran.err_lines[0]
 
 
-# ---- the oracle: what each option accepts, written independently of janitor.options ------------
+# ---- the oracle: what each option accepts, written independently of janitor.cli.options ----------
 
 _BOOL = re.compile(r"true|false|1|0|yes|no|on|off", re.ASCII | re.IGNORECASE)
 _TRUE = {"true", "1", "yes", "on"}

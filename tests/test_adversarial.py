@@ -36,10 +36,11 @@ from safety_helpers import (
     write_step,
 )
 
-from janitor import mounts, protocol
-from janitor.audit import AuditLog
-from janitor.managed import ManagedDirectory
+from janitor import protocol
+from janitor.fs import mounts
 from janitor.model import ScanOptions
+from janitor.ops.audit import AuditLog
+from janitor.ops.managed import ManagedDirectory
 from janitor.policy import Policy, Reason
 
 
@@ -256,7 +257,7 @@ def _swap_for_symlink(tree: Path, name: str, target: Path) -> None:
 def test_directory_swapped_for_a_symlink_after_the_plan_is_left_alone(
         managed: ManagedDirectory, tmp_path: Path) -> None:
     """Drive the executor by hand: plan, swap step_1 for a symlink, then execute that plan."""
-    from janitor import reaper
+    from janitor.fs import reaper
 
     tree = Path(managed.path)
     _, plan = managed.look()

@@ -28,8 +28,8 @@ from safety_helpers import (
     tree_state,
 )
 
-from janitor.audit import AuditLog, read_records
-from janitor.audit_verify import verify
+from janitor.ops.audit import AuditLog, read_records
+from janitor.ops.audit_verify import verify
 
 RECORD_FIELDS = {"v", "event", "time_ns", "host", "pid", "directory", "name", "step", "reason",
                  "complete", "step_changed_ns", "dev", "ino", "loaded_step", "marker_ns",
@@ -161,8 +161,8 @@ def test_rotated_logs_are_verified_together(tmp_path: Path) -> None:
     publish_marker(tree, 10)
     path = tmp_path / "audit.jsonl"
     # One record is ~700 bytes: a 1500-byte limit rotates every two records.
-    from janitor.managed import ManagedDirectory
     from janitor.model import ScanOptions
+    from janitor.ops.managed import ManagedDirectory
     from janitor.policy import Policy
 
     log = AuditLog(path, max_bytes=1500, backups=10)

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from janitor_helpers import Ran, run_janitor
 from safety_helpers import build, can_drop_privileges, publish_marker, shared_dir
 
-from janitor.audit import AuditLog
-from janitor.audit_verify import verify
-from janitor.managed import ManagedDirectory
 from janitor.model import ScanOptions
+from janitor.ops.audit import AuditLog
+from janitor.ops.audit_verify import verify
+from janitor.ops.managed import ManagedDirectory
 from janitor.policy import Policy
 
 SUMMARY = r"^\d+ records, \d+ deletions checked, \d+ violations"

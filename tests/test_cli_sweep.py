@@ -401,8 +401,8 @@ def test_env_roots(tmp_path: Path) -> None:
 
 _HOLDER = """
 import sys
-from janitor import lock
-from janitor.scan import open_directory
+from janitor.fs import lock
+from janitor.fs.scan import open_directory
 fd = open_directory(sys.argv[1])
 held = lock.acquire(fd, sys.argv[1], {"keep_last": 1})
 print("held", flush=True)

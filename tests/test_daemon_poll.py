@@ -31,10 +31,10 @@ from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from janitor import daemon as daemon_module
 from janitor.daemon import Daemon, DaemonConfig
+from janitor.fs.paths import Discovery
+from janitor.model import ScanOptions
 from janitor.notify import Notifier
-from janitor.paths import Discovery
 from janitor.policy import Policy
-from janitor.scan import ScanOptions
 from janitor.watch import Target, _DirHandler
 
 SLOW_TIMER = ("--rescan-interval", "60")

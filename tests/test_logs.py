@@ -20,14 +20,14 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from janitor.logs import configure_logging
+from janitor.cli.logs import configure_logging
 
 # What the child process logs: a structlog event with fields, a stdlib warning from watchdog's
 # logger, a logged exception, a Python warning, and a debug event that level "info" must drop.
 CHILD = """
 import logging, warnings
 import structlog
-from janitor.logs import configure_logging
+from janitor.cli.logs import configure_logging
 
 configure_logging()
 configure_logging()  # twice on purpose: must not duplicate lines

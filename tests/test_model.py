@@ -28,8 +28,8 @@ from safety_helpers import newest_change_ns, step_numbers, trash_names, tree_sta
 import trainer_hooks
 from janitor import protocol
 from janitor.model import ScanOptions
+from janitor.ops.sweep import SweepRequest, sweep_directory
 from janitor.policy import Policy
-from janitor.sweep import SweepRequest, sweep_directory
 
 INTERVAL = 5
 MAX_STEP = 24

@@ -1,4 +1,4 @@
-"""Strict option parsing (janitor.options): every parameter of every command uses a strict type,
+"""Strict option parsing (janitor.cli.options): every parameter of every command uses a strict type,
 click hands boolean flags the raw environment string, and the bad values the attacker found are
 one usage line each."""
 
@@ -16,8 +16,8 @@ import pytest
 from janitor_helpers import build_tree, run_janitor, step_numbers
 from options_helpers import assert_one_usage_line, run_inprocess
 
-from janitor import options as strict
 from janitor.cli import cli
+from janitor.cli import options as strict
 
 
 def walk(command: click.Command, path: str = "janitor") -> Iterator[tuple[str, click.Parameter]]:
@@ -50,11 +50,11 @@ def test_every_parameter_is_strict(path: str, param: click.Parameter) -> None:
     if is_pure_flag(param):
         return
     assert isinstance(param.type, (*strict.STRICT_TYPES, click.Choice)), (
-        f"{path} {param.name}: type {param.type!r} is not one of janitor.options' strict types")
+        f"{path} {param.name}: type {param.type!r} is not one of janitor.cli.options' strict types")
     if isinstance(param.type, click.Choice):
         assert param.type.case_sensitive, f"{path} {param.name}: a Choice must be exact"
     assert isinstance(param, strict.StrictOption | strict.StrictArgument), (
-        f"{path} {param.name}: declare it with janitor.options.option/argument, so its "
+        f"{path} {param.name}: declare it with janitor.cli.options.option/argument, so its "
         "environment variable is read strictly")
     if isinstance(param, click.Option) and param.is_flag:
         # click passes a flag's variable to the type only for a BoolParamType (else it reads it

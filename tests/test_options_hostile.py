@@ -4,7 +4,7 @@ Hypothesis draws settings for `sweep`, `status` and `run --once`: each option fr
 line or from its JANITOR_* variable, with values from a hostile pool (blank, whitespace, tabs,
 NaN/inf, 1e300, huge and negative integers, Arabic-Indic and full-width digits, underscores, '+5',
 separators, random text) and from each option's valid range. An independent oracle
-(options_helpers: regexes and Decimal ranges written from the README, not janitor.options) says
+(options_helpers: regexes and Decimal ranges written from the README, not janitor.cli.options) says
 whether the whole setting is valid. Then:
 
 - invalid: exit 2, exactly one stderr line `janitor: error: ...`, no traceback, tree unchanged;

@@ -27,12 +27,13 @@ from janitor_helpers import (
     write_marker,
 )
 
-from janitor import protocol, reaper, reserved
-from janitor.managed import ManagedDirectory
+from janitor import protocol
+from janitor.fs import reaper, reserved
+from janitor.fs.mounts import mount_points
+from janitor.fs.scan import open_directory, scan
 from janitor.model import ScanOptions
-from janitor.mounts import mount_points
+from janitor.ops.managed import ManagedDirectory
 from janitor.policy import Policy
-from janitor.scan import open_directory, scan
 
 POLICY = Policy(interval_to_keep=None, keep_last=1)
 

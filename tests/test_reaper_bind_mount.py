@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from janitor import reaper
+from janitor.fs import reaper
 
 
 def test_reclaim_leaves_a_same_filesystem_bind_mount_in_the_trash(tmp_path: Path) -> None:

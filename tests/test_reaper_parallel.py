@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from janitor import reaper
+from janitor.fs import reaper
 
 
 def build_step(root: Path, subdirs: int = 6, files: int = 20, size: int = 4096) -> Path:

@@ -17,7 +17,7 @@ import pytest
 import structlog
 from daemon_helpers import Spawn, make_steps, publish_marker, step_numbers, wait_until
 
-from janitor import priority
+from janitor.fs import priority
 
 SCHED_OTHER = 0
 SCHED_IDLE = 5

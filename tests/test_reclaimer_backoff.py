@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from janitor import reaper, reclaimer
+from janitor import reclaimer
+from janitor.fs import reaper
 
 
 class Clock:

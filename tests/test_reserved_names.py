@@ -40,9 +40,9 @@ from safety_helpers import (
 )
 
 from janitor import protocol
-from janitor.lock import LockHeldError
-from janitor.managed import ManagedDirectory
+from janitor.fs.lock import LockHeldError
 from janitor.model import ScanOptions
+from janitor.ops.managed import ManagedDirectory
 from janitor.policy import Policy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts and chown need root")

@@ -1,4 +1,4 @@
-"""janitor.reserved on its own: mount IDs from both kernel sources, and each refusal's line."""
+"""janitor.fs.reserved on its own: mount IDs from both kernel sources, and each refusal's line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from janitor import reserved
+from janitor.fs import reserved
 
 
 def test_mount_id_from_fdinfo_and_statx_agree(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 from janitor_helpers import NOBODY, can_drop_privileges, make_step, write_marker
 
 from janitor import protocol
+from janitor.fs.scan import deepen, open_directory, scan
 from janitor.model import ScanOptions, Snapshot
-from janitor.scan import deepen, open_directory, scan
 
 
 def do_scan(path: Path, options: ScanOptions | None = None, timeout_s: float = 10.0) -> Snapshot:
@@ -202,7 +202,7 @@ def test_mode_000_marker_as_root_is_readable(tmp_path: Path) -> None:
 _CHILD_SCAN = """
 import json, os, sys
 from janitor.model import ScanOptions
-from janitor.scan import open_directory, scan
+from janitor.fs.scan import open_directory, scan
 fd = open_directory(sys.argv[1])
 snap = scan(fd, sys.argv[1], ScanOptions())
 print(json.dumps({"consumers": [[c.filename, c.step, c.problem] for c in snap.consumers],

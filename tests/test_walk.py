@@ -1,5 +1,6 @@
-"""janitor.walk, in-process on real trees: fd use bounded at any depth and width, every fd closed,
-and a tree swapped mid-walk never redirects the walk (nor a reclaim) outside the trash entry.
+"""janitor.fs.walk, in-process on real trees: fd use bounded at any depth and width, every fd
+closed, and a tree swapped mid-walk never redirects the walk (nor a reclaim) outside the trash
+entry.
 
 Run with `--hypothesis-show-statistics` to see the example counts.
 """
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from janitor_helpers import tree_state
 
-from janitor import reaper, sizes, walk
+from janitor.fs import reaper, sizes, walk
 
 SLACK = 2  # a listing's dup'ed fd, and the one os.listdir('/proc/self/fd') itself opens
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from janitor import protocol
-from janitor.audit import FORMAT_VERSION, json_kind, read_log
+from janitor.ops.audit import FORMAT_VERSION, json_kind, read_log
 from janitor.protocol import Invalid
 
 MAX_STEP = 10**protocol.MAX_STEP_DIGITS - 1

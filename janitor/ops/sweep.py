@@ -11,14 +11,15 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from janitor import exitcodes, lock, protocol, reaper, reserved
-from janitor.audit import AuditLog
-from janitor.managed import ManagedDirectory
+from janitor import exitcodes, protocol
+from janitor.fs import lock, reaper, reserved
+from janitor.fs.paths import check_root, discover
+from janitor.fs.sizes import tree_size
 from janitor.model import ScanOptions
-from janitor.paths import check_root, discover
+from janitor.ops.audit import AuditLog
+from janitor.ops.managed import ManagedDirectory
+from janitor.ops.report import DirectoryReport
 from janitor.policy import Policy
-from janitor.report import DirectoryReport
-from janitor.sizes import tree_size
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from janitor import exitcodes, lock, protocol, reaper
-from janitor.managed import ManagedDirectory
+from janitor import exitcodes, protocol
+from janitor.fs import lock, reaper
+from janitor.fs.paths import check_root, discover
+from janitor.fs.sizes import tree_size
 from janitor.model import ScanOptions
-from janitor.paths import check_root, discover
+from janitor.ops.managed import ManagedDirectory
+from janitor.ops.report import human_bytes
 from janitor.policy import Policy, PolicyError
-from janitor.report import human_bytes
-from janitor.sizes import tree_size
 
 
 def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_depth: int,

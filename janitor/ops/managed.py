@@ -11,11 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from janitor import lock, mounts, protocol, reaper, reserved
-from janitor.audit import AuditLog, deletion_record
+from janitor import protocol
+from janitor.fs import lock, mounts, reaper, reserved
+from janitor.fs.scan import deepen, open_directory, scan
 from janitor.model import ScanOptions, Snapshot
+from janitor.ops.audit import AuditLog, deletion_record
 from janitor.policy import Plan, Policy, plan
-from janitor.scan import deepen, open_directory, scan
 
 
 @dataclass(slots=True)

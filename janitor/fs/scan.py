@@ -13,10 +13,11 @@ import os
 import stat
 import time
 
-from janitor import protocol, reserved
+from janitor import protocol
+from janitor.fs import reserved
+from janitor.fs.sizes import newest_in_tree
 from janitor.model import Consumer, Entry, Foreign, ScanOptions, Snapshot
 from janitor.protocol import Invalid
-from janitor.sizes import newest_in_tree
 
 
 def open_directory(path: str) -> int:

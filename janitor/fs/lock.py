@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from janitor import protocol, reserved
+from janitor import protocol
+from janitor.fs import reserved
 
 _REFUSE = "remove it by hand (it holds only the holder's record)"
 

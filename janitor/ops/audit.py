@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from janitor import protocol, reserved
+from janitor import protocol
+from janitor.fs import reserved
 from janitor.model import Snapshot
 from janitor.policy import Decision, Plan, Policy
 

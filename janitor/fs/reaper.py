@@ -19,11 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import count
 
-from janitor import priority, protocol, reserved, walk
+from janitor import protocol
+from janitor.fs import priority, reserved, walk
+from janitor.fs.mounts import mount_points, mount_points_under
+from janitor.fs.scan import newest_entry_ns
+from janitor.fs.sizes import freed_by
 from janitor.model import Entry
-from janitor.mounts import mount_points, mount_points_under
-from janitor.scan import newest_entry_ns
-from janitor.sizes import freed_by
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Retry later, not failure: NFS silly-renamed `.nfsXXXX` files keep a directory busy or non-empty
@@ -194,7 +195,7 @@ def reclaim(trash_fd: int, names: list[str] | None = None, *, workers: int = 1,
     An entry that cannot be finished now (busy NFS files, permissions, a mount inside, a tree
     swapped mid-walk, no fd left) stays in the trash, listed in `pending` (and, unless merely
     busy, in `failed` with the reason), and is tried again by a later reclaim; it never stops
-    the reclaim of the other entries. The walk is janitor.walk's: bounded fds at any depth, no
+    the reclaim of the other entries. The walk is janitor.fs.walk's: bounded fds at any depth, no
     symlink followed, no mount point crossed.
 
     With `workers` > 1 the subdirectories of each entry are removed concurrently by a thread pool

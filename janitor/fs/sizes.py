@@ -1,4 +1,4 @@
-"""What a directory tree holds, read with the reaper's own walk (janitor.walk: fd-based, bounded
+"""What a directory tree holds, read with the reaper's own walk (janitor.fs.walk: fd-based, bounded
 fds, no symlink followed, no other filesystem entered): how many bytes deleting it would free, and
 when anything in it last changed."""
 
@@ -8,7 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from janitor import walk
+from janitor.fs import walk
 
 
 def freed_by(st: os.stat_result) -> int:
@@ -49,7 +49,7 @@ def newest_in_tree(dir_fd: int, name: str) -> int:
 
 
 def walk_stats(dir_fd: int, name: str, *, strict: bool) -> Iterator[os.stat_result]:
-    """The lstat of `name` and of every entry below it (janitor.walk: bounded fds, no symlink
+    """The lstat of `name` and of every entry below it (janitor.fs.walk: bounded fds, no symlink
     followed, no other filesystem entered). Entries that vanish mid-walk are passed over; other
     errors propagate when `strict`, else that corner is skipped."""
     onexc = walk.raise_all if strict else walk.pass_over

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from janitor import protocol
-from janitor.managed import PassResult
-from janitor.reaper import ReclaimStats, trash_step
+from janitor.fs.reaper import ReclaimStats, trash_step
+from janitor.ops.managed import PassResult
 
 
 def human_bytes(count: int) -> str:

@@ -1,0 +1,134 @@
+"""What the commands share: the policy and audit options, and turning them into objects.
+
+Each command module decorates its function with these; none of them imports the group
+(janitor.cli), which imports the commands and registers them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from janitor import protocol
+from janitor.cli import options as strict
+from janitor.fs import reserved
+from janitor.model import ScanOptions
+from janitor.ops import audit
+from janitor.ops.audit import AuditLog
+from janitor.policy import Policy, PolicyError
+
+F = Callable[..., Any]
+
+
+def policy_options(command: F) -> F:
+    """The options every command that plans shares, each with its JANITOR_* variable."""
+    options = [
+        strict.option("--interval-to-keep", type=strict.INTERVAL_TO_KEEP, default=None,
+                      envvar="JANITOR_INTERVAL_TO_KEEP", show_envvar=True,
+                      help="Keep every step whose number is a multiple of N."),
+        strict.option("--keep-last", type=strict.KEEP_LAST, default=1, show_default=True,
+                      envvar="JANITOR_KEEP_LAST", show_envvar=True,
+                      help="Keep the K newest complete steps."),
+        strict.option("--gate/--no-gate", type=strict.BOOL, default=True, show_default=True,
+                      envvar="JANITOR_GATE", show_envvar=True,
+                      help="Delete only below the loaded step (LOADED_STEP markers). "
+                           "--no-gate ignores consumers: only keep-last protects steps."),
+        strict.option("--complete-marker", "complete_markers", type=strict.MARKER, multiple=True,
+                      default=(protocol.DEFAULT_COMPLETE_MARKER,), show_default=True,
+                      envvar="JANITOR_COMPLETE_MARKER", show_envvar=True,
+                      help="File whose presence marks a step complete (repeatable: any counts; "
+                           "the variable takes names separated by spaces).",
+                      metavar="NAME"),
+        strict.option("--progress", type=click.Choice(["loaded-step", "receiver-ready"]),
+                      default="loaded-step", show_default=True, envvar="JANITOR_PROGRESS",
+                      show_envvar=True,
+                      help="Where consumer progress is read: LOADED_STEP markers, or per-step "
+                           ".receiver_ready sentinels."),
+        strict.option("--partial-grace", type=strict.PARTIAL_GRACE, default=600.0,
+                      show_default=True, envvar="JANITOR_PARTIAL_GRACE", show_envvar=True,
+                      metavar="SECONDS",
+                      help="Incomplete steps and staging dirs changed more recently are kept."),
+        strict.option("--max-depth", type=strict.MAX_DEPTH, default=3, show_default=True,
+                      envvar="JANITOR_MAX_DEPTH", show_envvar=True,
+                      help="How deep under each root to look for managed directories."),
+        strict.option("--dry-run", is_flag=True, type=strict.BOOL, envvar="JANITOR_DRY_RUN",
+                      show_envvar=True,
+                      help="Decide and print, change nothing on disk (no lock, no trash)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def audit_option(command: F) -> F:
+    """--audit-log and --reclaim-workers: the options of the commands that delete."""
+    command = strict.option(
+        "--reclaim-workers", type=strict.RECLAIM_WORKERS, default=1, show_default=True,
+        envvar="JANITOR_RECLAIM_WORKERS", show_envvar=True, metavar="N",
+        help="Threads freeing a step's subdirectories at once: worth it on NFS or Lustre, where "
+             "every unlink is a round trip.",
+    )(command)
+    return strict.option(
+        "--audit-log", type=strict.AUDIT_LOG, default="auto", show_default=True,
+        envvar="JANITOR_AUDIT_LOG", show_envvar=True, metavar="PATH|auto|off",
+        help="Append one fsynced JSON line per deletion here (keep it outside the managed "
+             "directories). auto: $STATE_DIRECTORY/audit.jsonl under systemd, else "
+             "~/.local/state/ckpt-janitor/audit.jsonl, skipped with a warning if unwritable. "
+             "A relative PATH is refused from JANITOR_AUDIT_LOG.",
+    )(command)
+
+
+def open_audit(value: str, dry_run: bool) -> tuple[AuditLog | None, str | None]:
+    """The audit log to write (None for none) and, for `auto`, why it is off if it is.
+
+    An explicit path that cannot be written is a usage error, found at start. The `auto` default
+    is best effort (a read-only home in a container must not stop the janitor; the daemon logs
+    why) and opened at the first deletion, so a run that deletes nothing leaves no trace.
+    """
+    if dry_run or value == "off":
+        return None, None
+    if value == "auto":
+        path = audit.default_path()
+        if not _could_create(path):
+            return None, f"cannot create {path} (not writable)"
+        return AuditLog(path, lazy=True), None
+    try:
+        return AuditLog(Path(value)), None
+    except reserved.UnsafeObjectError as exc:  # the line names the path and what to do
+        raise click.UsageError(f"--audit-log {exc.strerror}") from None
+    except OSError as exc:
+        raise click.UsageError(f"--audit-log {value}: {exc.strerror or exc}; "
+                               "give a writable path or 'off'") from None
+
+
+def _could_create(path: Path) -> bool:
+    """Whether `path` exists writable or its nearest existing ancestor is writable."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return os.access(candidate, os.W_OK)
+    return False
+
+
+def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
+    """The Policy and ScanOptions from parsed options; a bad combination is a usage error."""
+    markers = tuple(kwargs.pop("complete_markers"))  # each checked by strict.MARKER
+    try:
+        policy = Policy(gated=kwargs.pop("gate"), interval_to_keep=kwargs.pop("interval_to_keep"),
+                        keep_last=kwargs.pop("keep_last"),
+                        partial_grace_s=kwargs.pop("partial_grace"),
+                        progress=kwargs.pop("progress"))
+    except PolicyError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = ScanOptions(complete_markers=markers,
+                          receiver_ready=policy.progress == "receiver-ready")
+    return policy, options
+
+
+def problem_line(line: str) -> None:
+    """One problem, one line on stderr, whatever names it holds (printable is idempotent)."""
+    click.echo(f"janitor: {protocol.printable(line)}", err=True)
+
