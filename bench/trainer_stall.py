@@ -10,7 +10,10 @@ their order, each round on a fresh directory; the first steps of each round are 
 dropped. On a 2-core machine the janitor process competes with the trainer for CPU (and the
 deletions for the same disk); that cost is part of what is measured.
 
-    .venv/bin/python bench/trainer_stall.py [--quick] --out results.json
+    .venv/bin/python bench/trainer_stall.py [--quick] [--janitor-path DIR] --out results.json
+
+--janitor-path DIR runs the janitor of another checkout (`python -m janitor` with PYTHONPATH and
+cwd DIR, e.g. a `git worktree` of an older commit); the loop and trainer_hooks stay this one's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,11 +53,19 @@ def make_model(width: int, depth: int) -> tuple[Any, Any, Any, Any]:
     return model, optimizer, batch, target
 
 
-def start_janitor(directory: Path, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [*janitor_command(), "run", str(directory), "--watch", "inotify", "--audit-log", "off",
-           "--log-format", "json"]
+def start_janitor(directory: Path, log: Path,
+                  janitor_path: Path | None = None) -> subprocess.Popen[bytes]:
+    args = ["run", str(directory), "--watch", "inotify", "--audit-log", "off",
+            "--log-format", "json"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        if janitor_path is None:
+            proc = subprocess.Popen([*janitor_command(), *args], stdout=out,
+                                    stderr=subprocess.STDOUT)
+        else:  # cwd too: `python -m` puts it first on sys.path
+            env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
+            proc = subprocess.Popen([sys.executable, "-m", "janitor", *args], stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=janitor_path,
+                                    env={**env, "PYTHONPATH": str(janitor_path)})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if b'"ready"' in log.read_bytes():
@@ -66,7 +78,8 @@ def start_janitor(directory: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def run_round(variant: str, directory: Path, steps: int, model_parts: tuple[Any, ...],
-              first_step: int) -> tuple[list[float], int, float | None]:
+              first_step: int, janitor_path: Path | None = None,
+              ) -> tuple[list[float], int, float | None]:
     import torch
     from torch import nn
 
@@ -75,8 +88,8 @@ def run_round(variant: str, directory: Path, steps: int, model_parts: tuple[Any,
     model, optimizer, batch, target = model_parts
     loss_fn = nn.MSELoss()
     directory.mkdir()
-    janitor = start_janitor(directory, directory.parent / f"{directory.name}.log") \
-        if variant == "janitor run" else None
+    janitor = start_janitor(directory, directory.parent / f"{directory.name}.log",
+                            janitor_path) if variant == "janitor run" else None
     cpu_at_ready = 0.0
     if janitor is not None:  # leave its start-up out of the CPU it takes from the loop
         cpu = psutil.Process(janitor.pid).cpu_times()
@@ -113,7 +126,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--janitor-path", type=Path, default=None,
+                        help="checkout whose janitor runs beside the loop (default: this venv's)")
     args = parser.parse_args()
+    janitor_path = args.janitor_path.resolve() if args.janitor_path else None
     import torch
 
     rounds, steps = (2, 8) if args.quick else (8, 22)
@@ -129,7 +145,7 @@ def main() -> None:
             for variant in order:
                 directory = root / f"r{r}-{variant.replace(' ', '-')}"
                 times, left, janitor_cpu = run_round(variant, directory, steps, parts,
-                                                     first_step=1)
+                                                     first_step=1, janitor_path=janitor_path)
                 if janitor_cpu is not None:
                     janitor_cpu_per_step.append(janitor_cpu)
                 samples[variant] += times
@@ -142,13 +158,20 @@ def main() -> None:
     ideal = statistics.fmean(samples["untimed rmtree N-2"])
     results = {}
     for variant, values in samples.items():
-        figures = summary(values)
+        figures: dict[str, Any] = dict(summary(values))
         figures["mean_ratio_vs_no_cleanup"] = figures["mean"] / base
         figures["p50_ratio_vs_no_cleanup"] = figures["p50"] / base_p50
         figures["mean_ratio_vs_untimed_cleanup"] = figures["mean"] / ideal
         figures["steps_left_on_disk"] = steps_left[variant]
         figures["samples_s"] = values
         results[variant] = figures
+    janitor_cpu_median = statistics.median(janitor_cpu_per_step)
+    janitor = results["janitor run"]
+    print(f"janitor run / untimed rmtree N-2 (ideal): mean "
+          f"{janitor['mean_ratio_vs_untimed_cleanup']:.3f}x, p50 "
+          f"{janitor['p50'] / statistics.median(samples['untimed rmtree N-2']):.3f}x; / no "
+          f"cleanup: mean {janitor['mean_ratio_vs_no_cleanup']:.3f}x; janitor CPU "
+          f"{janitor_cpu_median * 1e3:.1f} ms per trainer step (utime+stime, /proc/PID/stat)")
     write_json(args.out, {
         "benchmark": "trainer_stall", "machine": machine(), "quick": args.quick,
         "model": f"MLP {depth} x Linear({width}, {width}), fp32", "step_bytes": step_bytes,
@@ -156,8 +179,20 @@ def main() -> None:
         "rounds": rounds, "steps_per_round": steps, "warmup_dropped_per_round": WARMUP,
         "variants": results,
         # CPU seconds the janitor used while the loop ran, per step (start-up excluded).
-        "janitor_cpu_s_per_step": statistics.median(janitor_cpu_per_step),
+        "janitor_cpu_s_per_step": janitor_cpu_median,
+        "janitor_cpu_s_per_step_by_round": janitor_cpu_per_step,
+        "janitor_path": str(janitor_path) if janitor_path else None,
+        "janitor_commit": _commit(janitor_path),
     })
+
+
+def _commit(path: Path | None) -> str | None:
+    """The short commit of the checkout whose janitor ran (None: the installed one)."""
+    if path is None:
+        return None
+    done = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
 
 
 if __name__ == "__main__":
