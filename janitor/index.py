@@ -19,17 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from janitor import protocol
-from janitor.model import Consumer, Entry, Foreign, Snapshot
+from janitor.model import TRASH, Consumer, Entry, Foreign, Item, Snapshot, Trash
 from janitor.policy import Context, Policy, context_of, progress_of
-
-
-class Trash:
-    """What `classify` returns for the janitor's own trash directory."""
-
-
-TRASH = Trash()
-
-Item = Entry | Foreign | Consumer | Trash | None  # None: nothing of ours by that name
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,22 +60,28 @@ def _same(a: Item, b: Item) -> bool:
 
 
 class _Sorted:
-    """A sorted list of ints with O(log n) search (inserts at the top, the common case, are
-    appends)."""
+    """A set of ints kept as a sorted list, with O(log n) search. Adds append and the list is
+    sorted when next read, so a build from an unordered listing costs one sort, not n inserts;
+    afterwards new steps arrive at the top, where an append keeps it sorted."""
 
-    __slots__ = ("values",)
+    __slots__ = ("_unsorted", "_values")
 
     def __init__(self) -> None:
-        self.values: list[int] = []
+        self._values: list[int] = []
+        self._unsorted = False
+
+    @property
+    def values(self) -> list[int]:
+        if self._unsorted:
+            self._values = sorted(set(self._values))
+            self._unsorted = False
+        return self._values
 
     def add(self, value: int) -> None:
-        values = self.values
-        if not values or value > values[-1]:
-            values.append(value)
-        else:
-            at = bisect.bisect_left(values, value)
-            if at == len(values) or values[at] != value:
-                values.insert(at, value)
+        values = self._values
+        if values and value <= values[-1]:
+            self._unsorted = True
+        values.append(value)
 
     def discard(self, value: int) -> None:
         values = self.values
@@ -93,13 +90,16 @@ class _Sorted:
             del values[at]
 
     def below(self, limit: int) -> list[int]:
-        return self.values[: bisect.bisect_left(self.values, limit)]
+        values = self.values
+        return values[: bisect.bisect_left(values, limit)]
 
     def above(self, limit: int) -> list[int]:
-        return self.values[bisect.bisect_right(self.values, limit):]
+        values = self.values
+        return values[bisect.bisect_right(values, limit):]
 
     def last(self) -> int | None:
-        return self.values[-1] if self.values else None
+        values = self.values
+        return values[-1] if values else None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -120,6 +120,9 @@ class DirectoryIndex:
         self._complete = _Sorted()
         self._ready = _Sorted()  # steps holding a `.receiver_ready`
         self._staging: set[str] = set()
+        # Names put from a quick listing (`fs.scan.scan_items`): a step's device, inode and
+        # change time there are the listing's guesses until the name is read in full.
+        self.unverified: set[str] = set()
         self.seq = 0  # bumped by every put: a rescan started at seq s is older than later puts
         self._touched: dict[str, int] = {}
 
@@ -146,16 +149,22 @@ class DirectoryIndex:
             return self.consumers[name]
         return TRASH if name == protocol.TRASH_DIR and self.trash_present else None
 
-    def put(self, name: str, item: Item) -> None:
-        """Record what `name` is now (None: gone)."""
+    def put(self, name: str, item: Item, *, verified: bool = True) -> None:
+        """Record what `name` is now (None: gone); `verified` False for a quick listing's guess."""
         self.seq += 1
         self._touched[name] = self.seq
+        if verified:
+            self.unverified.discard(name)
+        elif isinstance(item, Entry):
+            self.unverified.add(name)
         old = self.entries.get(name)
         if (old is not None and isinstance(item, Entry) and item.number is not None
                 and item.number == old.number):
             self._update_step(old, item)  # the common case: a step read again
             return
         self._remove(name)
+        if not verified and isinstance(item, Entry):
+            self.unverified.add(name)  # _remove forgot it
         if isinstance(item, Entry):
             self._add_entry(item)
         elif isinstance(item, Foreign):
@@ -198,6 +207,8 @@ class DirectoryIndex:
             (self._ready.discard if new.receiver_ready_ns is None else self._ready.add)(number)
 
     def _remove(self, name: str) -> None:
+        if name in self.unverified:
+            self.unverified.discard(name)
         entry = self.entries.pop(name, None)
         if entry is not None:
             if entry.number is None:
@@ -308,8 +319,11 @@ class DirectoryIndex:
         mine = self.get(name)
         if mine is item:
             return None
-        mismatch = None if _same(mine, item) else Mismatch(name, _kind(mine), _kind(item))
-        if mismatch is not None or mine != item:
+        guessed = name in self.unverified and isinstance(mine, Entry) and \
+            isinstance(item, Entry) and mine.number == item.number
+        mismatch = None if guessed or _same(mine, item) else \
+            Mismatch(name, _kind(mine), _kind(item))
+        if mismatch is not None or mine != item or guessed:
             self.put(name, item)
         return mismatch
 

@@ -78,6 +78,9 @@ class Metrics:
         self._overflows = Counter(f"{p}inotify_overflows",
                                   "Inotify queue overflows (each forces a full reconcile).",
                                   registry=r)
+        self._index_mismatches = Counter(
+            f"{p}index_mismatches", "Names where a timer rescan found a directory's in-memory "
+            "index wrong (a missed event: a bug; the rescan corrected it).", registry=r)
         self._reconcile_duration = Histogram(f"{p}reconcile_duration_seconds",
                                              "Wall time of one reconcile pass.",
                                              buckets=RECONCILE_BUCKETS_S, registry=r)
@@ -125,6 +128,10 @@ class Metrics:
     def inotify_overflow(self) -> None:
         """Count an inotify queue overflow."""
         self._overflows.inc()
+
+    def index_mismatch(self, names: int) -> None:
+        """Count names a rescan found the index wrong about."""
+        self._index_mismatches.inc(names)
 
     def reconcile_finished(self, duration_s: float, unix_time: float) -> None:
         """Record a finished pass: its duration and when it ended (`time.time()`, not monotonic)."""

@@ -85,3 +85,16 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(e for e in self.entries if not e.staging))
+
+
+class Trash:
+    """What one name in a managed directory is when it is the janitor's own trash directory."""
+
+    __slots__ = ()
+
+
+TRASH = Trash()
+
+# What one name in a managed directory is, as `fs.scan.classify` reads it (None: nothing the
+# janitor decides about, e.g. its lock file or a stranger's file).
+Item = Entry | Foreign | Consumer | Trash | None

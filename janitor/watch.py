@@ -7,8 +7,9 @@ shard files. With `--progress receiver-ready` a few step directories are watched
 documented extension points (emitter class, watch group): an unpaired IN_MOVED_FROM (a step renamed
 into the trash, which is not watched) must not hold back later events for the move grouper's 0.5 s,
 and a kernel queue overflow must reach us (every directory is then rescanned). Handlers only record
-which directory is dirty and wake the loop; an exception in a watchdog handler would kill its
-thread silently, so they catch everything.
+which directory is dirty and the name of the child that changed (inotify reports names, so a pass
+reads that child again, not the whole directory), and wake the loop; an exception in a watchdog
+handler would kill its thread silently, so they catch everything.
 
 Poll mode, for network filesystems where inotify cannot see other hosts' writes, is the daemon's
 own cheap stat of each managed directory and the files named in it (see `Signature`), and of each
@@ -56,16 +57,21 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 # a shard written there must not wake the loop, and IN_MODIFY would fire on every write.
 SENTINEL_EVENT_FILTER: list[type[FileSystemEvent]] = [FileCreatedEvent, FileMovedEvent]
 
-OnDirty = Callable[[str], None]
+# (the directory to mark dirty, the name of its child that changed, or None: unknown, look at
+# all of it)
+OnDirty = Callable[[str, str | None], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """What an event in a watched directory means: `dirty` is marked dirty, and with `names` only
-    events on an entry of one of those names count (a step watched for its `.receiver_ready`)."""
+    events on an entry of one of those names count (a step watched for its `.receiver_ready`);
+    `child` is then the name in `dirty` that changed (that step). Without `names`, the changed
+    child is the name the event reports."""
 
     dirty: str
     names: frozenset[str] | None = None
+    child: str | None = None
 
 
 class _ImmediateGrouper(InotifyMoveEventGrouper):
@@ -117,18 +123,30 @@ class _Observer(InotifyObserver):
 
 
 class _DirHandler(FileSystemEventHandler):
-    def __init__(self, target: Target, on_dirty: OnDirty) -> None:
+    def __init__(self, target: Target, on_dirty: OnDirty, watched: str) -> None:
         self.target = target
         self.on_dirty = on_dirty
+        self.watched = watched
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
-            names = self.target.names
-            if names is None or _entry_name(event.src_path) in names \
-                    or _entry_name(event.dest_path) in names:
-                self.on_dirty(self.target.dirty)
+            target = self.target
+            if target.names is not None:
+                if _entry_name(event.src_path) in target.names \
+                        or _entry_name(event.dest_path) in target.names:
+                    self.on_dirty(target.dirty, target.child)
+                return
+            for path in (event.src_path, event.dest_path):
+                if path:
+                    self.on_dirty(target.dirty, self._child(os.fsdecode(path)))
         except Exception:  # a raise here would silently kill watchdog's dispatch thread
             log.exception("watch_handler_failed", directory=self.target.dirty)
+
+    def _child(self, path: str) -> str | None:
+        """The name of the watched directory's child an event is about; None for an event on
+        the directory itself (or one this watch cannot place): then all of it is looked at."""
+        parent, name = os.path.split(path)
+        return name if name and parent == self.watched else None
 
 
 def _entry_name(path: str | bytes) -> str:
@@ -184,7 +202,7 @@ class InotifyWatcher:
                 identity = _identity(path)
                 try:
                     self._watches[path] = self._observer.schedule(
-                        _DirHandler(target, self._on_dirty), path, recursive=False,
+                        _DirHandler(target, self._on_dirty, path), path, recursive=False,
                         event_filter=EVENT_FILTER if target.names is None
                         else SENTINEL_EVENT_FILTER)
                 except OSError as exc:

@@ -29,8 +29,8 @@ from daemon_helpers import (
 )
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
-from janitor import daemon as daemon_module
 from janitor.daemon import Daemon, DaemonConfig
+from janitor.daemon import fleet as fleet_module
 from janitor.fs.paths import Discovery
 from janitor.model import ScanOptions
 from janitor.notify import Notifier
@@ -50,7 +50,7 @@ def _report(what: str, seconds: float) -> None:
 def _gone_within(directory: Path, expected: set[int], since: float, timeout_s: float,
                  what: str) -> float:
     """Wait until `directory` holds exactly the steps `expected`; seconds since `since`."""
-    wait_until(lambda: step_numbers(directory) == expected, timeout_s, what)
+    wait_until(lambda: set(step_numbers(directory)) == expected, timeout_s, what)
     return time.monotonic() - since
 
 
@@ -106,7 +106,8 @@ def test_poll_mode_releases_a_run_deleted_and_adopts_it_recreated(spawn: Spawn,
     daemon.wait_event("directory_released", directory=str(managed), timeout_s=2.0)
     make_steps(managed, range(10, 14))
     publish_marker(managed, 12)
-    wait_until(lambda: step_numbers(managed) == {12, 13}, 2.0, "the re-created run's steps 10-11")
+    wait_until(lambda: set(step_numbers(managed)) == {12, 13}, 2.0,
+               "the re-created run's steps 10-11")
     assert len(daemon.named("directory_adopted", directory=str(managed))) == 2
 
 
@@ -161,7 +162,7 @@ def test_fuse_mount_gets_no_inotify_watch_under_auto(spawn: Spawn, tmp_path: Pat
     assert daemon.wait_event("directory_adopted")["watch"] == "poll"
     assert inotify_watches(daemon.pid) == 0, "blind watches on a FUSE mount are no use"
     publish_marker(backing / "run" / "broadcasts", 3)
-    wait_until(lambda: step_numbers(backing / "run" / "broadcasts") == {3}, 5.0,
+    wait_until(lambda: set(step_numbers(backing / "run" / "broadcasts")) == {3}, 5.0,
                "a marker published behind the mount's back to be polled")
 
 
@@ -177,25 +178,25 @@ def test_a_poll_lists_no_managed_directory(tmp_path: Path,
                           watch="poll", dry_run=True)
     daemon = Daemon(config, Notifier(None, None))
     try:
-        daemon._discover(at_start=True)
+        daemon.fleet.discover(at_start=True)
         daemon._full_pass()
         looked: list[str] = []
-        real = daemon_module.discover_below
+        real = fleet_module.discover_below
 
         def counting(path: str, depth_left: int, known: Container[str]) -> Discovery:
             looked.append(path)
             return real(path, depth_left, known)
 
-        monkeypatch.setattr(daemon_module, "discover_below", counting)
+        monkeypatch.setattr(fleet_module, "discover_below", counting)
         make_steps(managed, [4])
-        daemon._poll()
+        daemon.fleet.poll()
         daemon._reconcile_dirty()
         assert looked == [], "a step added to a managed directory lists it only in the scan"
         (root / "run" / "notes").mkdir()
-        daemon._poll()
+        daemon.fleet.poll()
         daemon._reconcile_dirty()
         assert looked == [str(root / "run")], "only the directory that changed is listed"
-        daemon._poll()
+        daemon.fleet.poll()
         daemon._reconcile_dirty()
         assert looked == [str(root / "run")], "an unchanged tree costs no listing at all"
         assert str(root / "run" / "notes") in daemon.tree
@@ -285,7 +286,7 @@ def test_sentinel_watches_are_bounded(spawn: Spawn, tmp_path: Path) -> None:
     _write_sentinel(managed, 2, probe)
     daemon = spawn(str(root), *RECEIVER_READY, "--metrics-addr", "127.0.0.1:0", *SLOW_TIMER)
     daemon.wait_event("ready")
-    bound = daemon_module.SENTINEL_STEPS
+    bound = fleet_module.SENTINEL_STEPS
     wait_until(lambda: inotify_watches(daemon.pid) == 3 + bound, 5.0, "the bounded watches")
     assert daemon.metric("ckpt_janitor_watches") == 3 + bound
     for index in range(50):  # shards written into a watched step are no sentinel
@@ -298,14 +299,28 @@ def test_sentinel_watches_are_bounded(spawn: Spawn, tmp_path: Path) -> None:
 
 def test_a_step_watch_reacts_to_its_sentinel_alone(tmp_path: Path) -> None:
     """Shards created or renamed into a watched step do not wake the loop; the sentinel does,
-    created in place or renamed into place, and it names the managed directory."""
-    seen: list[str] = []
+    created in place or renamed into place, and it names the managed directory and the step."""
+    seen: list[tuple[str, str | None]] = []
     step = tmp_path / "broadcasts" / "step_3"
-    handler = _DirHandler(Target(str(step.parent), frozenset({SENTINEL})), seen.append)
+    handler = _DirHandler(Target(str(step.parent), frozenset({SENTINEL}), "step_3"),
+                          lambda path, name: seen.append((path, name)), str(step))
     handler.on_any_event(FileCreatedEvent(str(step / "shard-0.bin")))
     handler.on_any_event(FileMovedEvent(str(step / ".tmp"), str(step / "shard-1.bin")))
     handler.on_any_event(FileCreatedEvent(str(step / f"{SENTINEL}.tmp")))
     assert seen == []
     handler.on_any_event(FileCreatedEvent(str(step / SENTINEL)))
     handler.on_any_event(FileMovedEvent(str(step / f"{SENTINEL}.tmp"), str(step / SENTINEL)))
-    assert seen == [str(step.parent)] * 2
+    assert seen == [(str(step.parent), "step_3")] * 2
+
+
+def test_a_directory_watch_names_the_child_that_changed(tmp_path: Path) -> None:
+    """Events in a managed directory name the child (both names of a rename); an event on the
+    directory itself names none, so all of it is looked at."""
+    seen: list[tuple[str, str | None]] = []
+    managed = str(tmp_path / "broadcasts")
+    handler = _DirHandler(Target(managed), lambda path, name: seen.append((path, name)), managed)
+    handler.on_any_event(FileMovedEvent(f"{managed}/LOADED_STEP.tmp", f"{managed}/LOADED_STEP"))
+    handler.on_any_event(FileCreatedEvent(f"{managed}/step_4"))
+    handler.on_any_event(FileCreatedEvent(managed))
+    assert seen == [(managed, "LOADED_STEP.tmp"), (managed, "LOADED_STEP"),
+                    (managed, "step_4"), (managed, None)]

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_policy_properties import SCANNED_NS, S, consumers_strategy, marker, staging, step
 
-from janitor.index import TRASH, DirectoryIndex, Mismatch
-from janitor.model import Consumer, Entry, Foreign, Snapshot
+from janitor.index import DirectoryIndex, Mismatch
+from janitor.model import TRASH, Consumer, Entry, Foreign, Snapshot
 from janitor.policy import Policy, decide, plan
 
 policies = st.builds(

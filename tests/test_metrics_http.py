@@ -27,6 +27,7 @@ EXPECTED_TYPES = {
     "ckpt_janitor_errors": "counter",
     "ckpt_janitor_refusals": "counter",
     "ckpt_janitor_inotify_overflows": "counter",
+    "ckpt_janitor_index_mismatches": "counter",
     "ckpt_janitor_reconcile_duration_seconds": "histogram",
     "ckpt_janitor_last_reconcile_timestamp_seconds": "gauge",
     "ckpt_janitor_managed_directories": "gauge",
@@ -56,6 +57,7 @@ def exercised_metrics() -> Metrics:
     metrics.error("scan")
     metrics.refused("marker_missing")
     metrics.inotify_overflow()
+    metrics.index_mismatch(2)
     metrics.reconcile_finished(duration_s=0.0003, unix_time=1_700_000_000.0)
     metrics.set_directory_lags([4, None, 1])
     metrics.set_trash_pending_bytes(10**12)
@@ -78,6 +80,7 @@ def test_values_are_what_the_loop_reported() -> None:
     assert got["ckpt_janitor_errors_total", (("kind", "scan"),)] == 1
     assert got["ckpt_janitor_refusals_total", (("reason", "marker_missing"),)] == 1
     assert got["ckpt_janitor_inotify_overflows_total", ()] == 1
+    assert got["ckpt_janitor_index_mismatches_total", ()] == 2
     assert got["ckpt_janitor_reconcile_duration_seconds_bucket", (("le", "0.00025"),)] == 0
     assert got["ckpt_janitor_reconcile_duration_seconds_bucket", (("le", "0.0005"),)] == 1
     assert got["ckpt_janitor_last_reconcile_timestamp_seconds", ()] == 1_700_000_000

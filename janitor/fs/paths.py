@@ -71,14 +71,15 @@ class Discovery:
     visits: tuple[Visit, ...] = ()
 
 
-def discover(root: str, max_depth: int) -> Discovery:
+def discover(root: str, max_depth: int, skip: Container[str] = frozenset()) -> Discovery:
     """Find managed directories: the root and descendants down to `max_depth` that hold `step_*`
-    entries or a consumer marker. Never descends into step, hidden or symlinked directories.
+    entries or a consumer marker. Never descends into step, hidden or symlinked directories, nor
+    into those in `skip` (below the root).
 
     The root itself is resolved first: a user may name it through a symlink (`/ckpt -> /mnt/x`);
     below it, nothing is followed.
     """
-    return discover_below(os.path.realpath(root), max_depth, frozenset())
+    return discover_below(os.path.realpath(root), max_depth, skip)
 
 
 def discover_below(path: str, depth_left: int, known: Container[str]) -> Discovery:

@@ -12,11 +12,13 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Iterator
 
 from janitor import protocol
 from janitor.fs import reserved
 from janitor.fs.sizes import newest_in_tree
-from janitor.model import Consumer, Entry, Foreign, ScanOptions, Snapshot
+from janitor.model import TRASH as TRASH_ITEM
+from janitor.model import Consumer, Entry, Foreign, Item, ScanOptions, Snapshot, Trash
 from janitor.protocol import Invalid
 
 
@@ -37,29 +39,88 @@ def scan(dir_fd: int, path: str, options: ScanOptions) -> Snapshot:
     with os.scandir(dir_fd) as listing:
         names = [item.name for item in listing]
     for name in names:
-        if name == protocol.TRASH_DIR:
+        item = classify(dir_fd, dev, home_mount, name, options)
+        if isinstance(item, Entry):
+            entries.append(item)
+        elif isinstance(item, Foreign):
+            foreign.append(item)
+        elif isinstance(item, Consumer):
+            consumers.append(item)
+        elif isinstance(item, Trash):
             trash_present = True
-        elif protocol.looks_like_step(name):
-            _classify_step(dir_fd, dev, name, options, entries, foreign)
-        elif name[: len(protocol.STEP_PREFIX)].lower() == protocol.STEP_PREFIX:
-            # `STEP_3`: almost a step, surely meant as one; reported so a typo is not silent.
-            foreign.append(Foreign(name, f"not a step name (the prefix is "
-                                         f"{protocol.STEP_PREFIX!r}, lower case)"))
-        elif protocol.is_staging_name(name):
-            staged = _read_staging(dir_fd, dev, name)
-            if staged is not None:
-                entries.append(staged)
-        else:
-            consumer = protocol.consumer_of(name)
-            if isinstance(consumer, Invalid):
-                consumers.append(Consumer(name, name, None, consumer.reason, 0))
-            elif consumer is not None:
-                consumers.append(read_consumer(dir_fd, name, consumer, home_mount))
     entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name))
     consumers.sort(key=lambda c: c.filename)
     foreign.sort(key=lambda f: f.name)
     return Snapshot(path, dev, scanned_ns, tuple(entries), tuple(foreign), tuple(consumers),
                     trash_present)
+
+
+def classify(dir_fd: int, dev: int, home_mount: int | None, name: str,
+             options: ScanOptions) -> Item:
+    """What the child `name` of the managed directory open as `dir_fd` is now: a step or
+    staging directory, a foreign entry, a consumer marker, the trash, or None (nothing the
+    janitor decides about, or gone). `scan` is this for every name; the daemon calls it for the
+    names an event reported."""
+    if name == protocol.TRASH_DIR:
+        return TRASH_ITEM
+    if protocol.looks_like_step(name):
+        return _classify_step(dir_fd, dev, name, options)
+    if name[: len(protocol.STEP_PREFIX)].lower() == protocol.STEP_PREFIX:
+        # `STEP_3`: almost a step, surely meant as one; reported so a typo is not silent.
+        return Foreign(name, f"not a step name (the prefix is {protocol.STEP_PREFIX!r}, "
+                             "lower case)")
+    if protocol.is_staging_name(name):
+        return _read_staging(dir_fd, dev, name)
+    consumer = protocol.consumer_of(name)
+    if isinstance(consumer, Invalid):
+        return Consumer(name, name, None, consumer.reason, 0)
+    if consumer is not None:
+        return read_consumer(dir_fd, name, consumer, home_mount)
+    return None
+
+
+def scan_items(dir_fd: int, options: ScanOptions) -> Iterator[tuple[str, Item, bool]]:
+    """Every child of the managed directory, as (name, what it is, verified), at about one stat
+    per complete step: the daemon's index is built from this at start and after an overflow.
+
+    A name the listing says is a directory (d_type, no stat), that parses as a step and holds a
+    completion marker is taken as a complete step without its own lstat: its device is taken to
+    be the directory's, its inode the listing's, its change time the marker's (a lower bound).
+    Those three facts decide nothing until the entry is read again (`classify`): the index reads
+    again every name its decisions rest on, and every candidate, before deciding (so `verified`
+    is False for these). Everything else is classified exactly as `scan` does.
+    """
+    dev = os.fstat(dir_fd).st_dev
+    home_mount = reserved.mount_id(dir_fd)
+    with os.scandir(dir_fd) as listing:
+        children = [(item.name, item.inode(), item.is_dir(follow_symlinks=False))
+                    for item in listing]
+    markers = options.complete_markers
+    quick = not options.receiver_ready
+    for name, ino, is_dir in children:
+        if quick and is_dir and name.startswith(protocol.STEP_PREFIX):
+            entry = _quick_step(dir_fd, dev, name, ino, markers)
+            if entry is not None:
+                yield name, entry, False
+                continue
+        yield name, classify(dir_fd, dev, home_mount, name, options), True
+
+
+def _quick_step(dir_fd: int, dev: int, name: str, ino: int,
+                markers: tuple[str, ...]) -> Entry | None:
+    """A complete step from one lookup of its completion marker, or None: read it in full."""
+    number = protocol.parse_step_name(name)
+    if isinstance(number, Invalid):
+        return None
+    for marker in markers:
+        try:
+            mst = _lstat_inside(dir_fd, name, marker)
+        except OSError:
+            return None
+        if mst is not None and stat.S_ISREG(mst.st_mode):
+            return Entry(name, number, True, False, max(mst.st_mtime_ns, mst.st_ctime_ns), dev,
+                         ino)
+    return None
 
 
 def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
@@ -69,29 +130,24 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions,
-                   entries: list[Entry], foreign: list[Foreign]) -> None:
+def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions) -> Item:
     number = protocol.parse_step_name(name)
     if isinstance(number, Invalid):
-        foreign.append(Foreign(name, number.reason))
-        return
+        return Foreign(name, number.reason)
     st = _lstat(dir_fd, name)
     if st is None:
-        return  # vanished between listing and stat: nothing to decide about
+        return None  # vanished between listing and stat: nothing to decide about
     if stat.S_ISLNK(st.st_mode):
-        foreign.append(Foreign(name, "a symlink (never followed)"))
-        return
+        return Foreign(name, "a symlink (never followed)")
     if not stat.S_ISDIR(st.st_mode):
-        foreign.append(Foreign(name, "not a directory"))
-        return
+        return Foreign(name, "not a directory")
     if st.st_dev != dev:
-        foreign.append(Foreign(name, "a mount point (another filesystem)"))
-        return
+        return Foreign(name, "a mount point (another filesystem)")
     try:
-        entries.append(_read_step(dir_fd, name, number, st, options))
+        return _read_step(dir_fd, name, number, st, options)
     except PermissionError:
         # Unsure what it holds (a pin? a marker?): never a candidate for deletion.
-        foreign.append(Foreign(name, "unreadable (permission denied)"))
+        return Foreign(name, "unreadable (permission denied)")
 
 
 def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
@@ -249,12 +305,16 @@ def _read_staging(dir_fd: int, dev: int, name: str) -> Entry | None:
 
 
 def read_consumer(dir_fd: int, filename: str, consumer: str,
-                  home_mount: int | None) -> Consumer:
+                  home_mount: int | None) -> Consumer | None:
     """Read one consumer marker safely, verified after opening (invariant 6): a regular file of
     its own (one link) on the managed directory's mount; never a symlink, never a blocking FIFO.
     Anything else is a marker problem, which halts the directory (invariant 5)."""
     try:
         fd = reserved.open_reserved(dir_fd, filename, os.O_RDONLY)
+    except FileNotFoundError:
+        # Gone (removed since it was listed, or the name an event reported is gone): a marker
+        # removed is a consumer that stopped, exactly as if it had never been listed.
+        return None
     except OSError as exc:
         return Consumer(consumer, filename, None, _open_problem(exc, filename), 0)
     try:
@@ -279,8 +339,6 @@ def _open_problem(exc: OSError, filename: str) -> str:
     unsafe = reserved.open_error(exc, filename, "")
     if isinstance(unsafe, reserved.UnsafeObjectError):
         return unsafe.what
-    if exc.errno == errno.ENOENT:
-        return "vanished while reading"
     if exc.errno == errno.EACCES:
         return "unreadable (permission denied)"
     return f"unreadable ({exc.strerror})"

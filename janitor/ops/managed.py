@@ -108,6 +108,13 @@ class ManagedDirectory:
         worker fsync both directories before it frees any byte.
         """
         snapshot, decided = self.look()
+        return self.execute(snapshot, decided, stop=stop, sync=sync)
+
+    def execute(self, snapshot: Snapshot, decided: Plan, *,
+                stop: Callable[[], bool] | None = None, sync: bool = True) -> PassResult:
+        """Move every entry `decided` dooms into the trash (unless dry_run): audit record first,
+        the lock checked and each step verified through its fd right before its rename. The
+        one executor: sweep plans with `look`, the daemon from its index."""
         result = PassResult(self.path, snapshot, decided)
         if self.dry_run or not decided.doomed:
             return result

@@ -1,0 +1,396 @@
+"""`janitor run`: keep every managed directory under the roots reconciled until stopped.
+
+Level-triggered: a filesystem event, a poll that saw a change, the rescan timer, an inotify
+overflow or a replaced root only mark work in the DirtySet; every decision then comes from a
+fresh read of the names it rests on (see ops.incremental) and a fresh marker read. So lost,
+coalesced or never-sent events cost latency, never safety. The loop is single-threaded: watchdog
+threads and signals only wake it through a pipe. Renames into trash happen here; reclaiming
+bytes happens on the Reclaimer's threads, at idle priority. A timer rescan is spread over loop
+iterations of at most RESCAN_SLICE_S each, so a reaction never waits behind a whole tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+import structlog
+
+from janitor import exitcodes
+from janitor.daemon.config import DaemonConfig, StartupError
+from janitor.daemon.dirty import DirtySet, Want
+from janitor.daemon.fleet import SENTINEL_STEPS, Fleet, Held, Node, os_error
+from janitor.daemon.recorder import PassRecorder
+from janitor.fs import lock, reaper
+from janitor.fs.paths import check_root
+from janitor.health_http import HealthServer, Liveness, start_server
+from janitor.metrics import Metrics
+from janitor.notify import Notifier
+from janitor.ops.managed import ManagedDirectory, PassResult
+from janitor.reclaimer import Item, Reclaimer
+from janitor.watch import signature
+
+log = structlog.get_logger("janitor")
+
+HANG_SWITCH_ENV = "JANITOR_TEST_HANG_FILE"  # test-only: a hung loop, to prove the watchdog works
+# The longest a rescan works in one loop iteration before events are looked at again.
+RESCAN_SLICE_S = 0.01
+
+
+class Daemon:
+    """The reconcile loop and its lifecycle: signals, the heartbeat, HTTP, the reclaimer."""
+
+    def __init__(self, config: DaemonConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.metrics = Metrics()
+        self.liveness = Liveness(config.rescan_interval_s, time.monotonic())
+        self.dirty = DirtySet()
+        self.fleet = Fleet(config, self.metrics, self.dirty)
+        self.recorder = PassRecorder(self.metrics, config.dry_run)
+        self._stop_signal: int | None = None
+        self._http: HealthServer | None = None
+        self._pid_watch: psutil.Process | None = None
+        self._deleted_steps = 0
+        self._rearm = False
+        self.reclaimer = Reclaimer(self._on_deleted,
+                                   self.metrics.set_trash_pending_bytes
+                                   if config.metrics_addr else None,
+                                   workers=config.reclaim_workers)
+
+    @property
+    def dirs(self) -> dict[str, Held]:
+        return self.fleet.dirs
+
+    @property
+    def tree(self) -> dict[str, Node]:
+        return self.fleet.tree
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code. Raises StartupError before READY."""
+        self._check_start()
+        self._install_signals()
+        try:
+            self._start_http()
+            self.fleet.discover(at_start=True)
+            if not self.config.once:
+                self.fleet.arm_watches()
+            self._reclaim_leftovers()
+            self._full_pass()
+            if self.config.once:
+                self._finish("once")
+                return exitcodes.EXIT_OK
+            self.notifier.ready(self._status_text())
+            log.info("ready", directories=len(self.dirs), watches=self.fleet.watch_count(),
+                     dry_run=self.config.dry_run, policy=self.config.policy.describe())
+            return self._loop()
+        finally:
+            self._shutdown()
+
+    def _check_start(self) -> None:
+        for root in self.config.roots:
+            bad = check_root(root)
+            if bad is not None:
+                raise StartupError(*bad)
+        if self.config.exit_with_pid is not None:
+            try:
+                self._pid_watch = psutil.Process(self.config.exit_with_pid)
+            except psutil.Error:
+                raise StartupError(exitcodes.USAGE, f"--exit-with-pid {self.config.exit_with_pid}:"
+                                   " no such process; give the trainer's pid") from None
+
+    def _install_signals(self) -> None:
+        # Explicit handlers: as PID 1 in a container, Python would otherwise ignore SIGTERM.
+        def stop(signum: int, _frame: object) -> None:
+            self._stop_signal = signum
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.set_wakeup_fd(self.dirty.wake_w, warn_on_full_buffer=False)
+
+    def _start_http(self) -> None:
+        if self.config.metrics_addr is None:
+            return
+        try:
+            self._http = start_server(self.config.metrics_addr, self.metrics,
+                                      lambda: self.liveness.check(time.monotonic()))
+        except OSError as exc:
+            raise StartupError(exitcodes.ERROR, f"{exc}; choose another --metrics-addr") from None
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        if self._http is not None:
+            self._http.close()
+        self.fleet.close()
+        self.dirty.close()
+        self.notifier.close()
+
+    def _finish(self, why: str) -> None:
+        """A last pass and the reclaim of everything queued, then stop (--once, --exit-with-pid)."""
+        self._full_pass()
+        drained = self.reclaimer.drain(timeout_s=3600.0)
+        log.info("finished", why=why, deleted_steps=self._deleted_steps, reclaim_done=drained)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> int:
+        now = time.monotonic()
+        next_rescan = now + self.config.rescan_interval_s
+        next_poll = now + self.config.poll_interval_s
+        while not self._stopping():
+            self._hang_if_asked()
+            deadlines = [next_rescan, now + self._heartbeat_s()]
+            if self.fleet.polling():
+                deadlines.append(next_poll)
+            timeout = 0.0 if self._rescanning() else min(deadlines) - time.monotonic()
+            self.dirty.wait(max(0.0, timeout))
+            if self._stopping():
+                break
+            now = time.monotonic()
+            if self._pid_watch is not None and not _still_running(self._pid_watch):
+                self._finish(f"process {self.config.exit_with_pid} exited")
+                return exitcodes.EXIT_OK
+            if now >= next_rescan:
+                next_rescan = now + self.config.rescan_interval_s
+                self._rescan()
+            if now >= next_poll:
+                next_poll = now + self.config.poll_interval_s
+                self.fleet.poll()
+            self._check_roots()
+            self._check_watcher()
+            self._reconcile_dirty()
+            self._advance_rescans()
+            self._heartbeat()
+        self.notifier.stopping()
+        log.info("stopping", signal=signal.Signals(self._stop_signal or 0).name)
+        return exitcodes.EXIT_OK
+
+    def _stopping(self) -> bool:
+        return self._stop_signal is not None
+
+    def _heartbeat_s(self) -> float:
+        """How long the loop may sleep: it feeds the watchdog and watches --exit-with-pid."""
+        interval = self.notifier.watchdog_interval_s or 5.0
+        if self._pid_watch is not None:
+            interval = min(interval, 0.5)
+        return interval
+
+    def _hang_if_asked(self) -> None:
+        switch = os.environ.get(HANG_SWITCH_ENV)
+        if switch and os.path.exists(switch):
+            log.warning("hanging_on_purpose", switch=switch)
+            while True:  # a test-only fault: the loop stops, so the watchdog must notice
+                time.sleep(3600)
+
+    def _heartbeat(self) -> None:
+        """After a successful loop pass: tell systemd we are alive and what we are doing."""
+        if self.notifier.maybe_watchdog(time.monotonic()):
+            self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        return (f"{len(self.dirs)} directories, {self._deleted_steps} steps deleted, "
+                f"last pass {self.recorder.last_pass_ms:.1f} ms"
+                + (" (dry run)" if self.config.dry_run else ""))
+
+    # ---- the timer, the roots, the watcher ------------------------------------------------
+
+    def _rescan(self) -> None:
+        """The timer: rediscover, retry leftover trash, and start checking every directory's
+        index against a full re-read (spread over the next iterations, `_advance_rescans`)."""
+        self.dirty.full(self.fleet.discover(at_start=False))
+        self.fleet.arm_watches()
+        self._reclaim_leftovers()
+        for path, held in self.dirs.items():
+            try:
+                held.tracked.start_rescan()
+            except OSError as exc:
+                log.error("reconcile_failed", directory=path, error=os_error(exc))
+                self.metrics.error("reconcile")
+        self._idle_pass_finished()
+
+    def _rescanning(self) -> bool:
+        return any(held.tracked.rescan is not None for held in self.dirs.values())
+
+    def _advance_rescans(self) -> None:
+        """At most RESCAN_SLICE_S of rescanning, then back to the events. A finished rescan is
+        followed by a pass (what it corrected is decided on; partial steps whose grace ran out
+        meanwhile are swept), as the timer's full pass was."""
+        deadline = time.monotonic() + RESCAN_SLICE_S
+        for path, held in list(self.dirs.items()):
+            if held.tracked.rescan is None:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                result = held.tracked.advance_rescan(left)
+            except OSError as exc:
+                log.error("reconcile_failed", directory=path, error=os_error(exc))
+                self.metrics.error("reconcile")
+                continue
+            if result is None:
+                return
+            self.recorder.rescanned(path, result)
+            self.dirty.touch([path])
+            self.dirty.full(self.fleet.replant(path, result.subdirs))
+
+    def _idle_pass_finished(self) -> None:
+        """A full pass over no managed directory (none exists yet) is finished at once: an idle
+        daemon is alive, and /healthz must not have a sidecar restarted before the first step."""
+        if not self.dirs:
+            self.liveness.pass_finished(time.monotonic())
+
+    def _check_roots(self) -> None:
+        """A root replaced or unmounted: start over below it."""
+        if self.fleet.roots_changed():
+            self.fleet.discover(at_start=False)
+            self.fleet.arm_watches()
+            self.dirty.full(self.dirs)
+
+    def _check_watcher(self) -> None:
+        watcher = self.fleet.watcher
+        if watcher is None:
+            return
+        dead = watcher.dead()
+        if dead is None:
+            return
+        log.error("watcher_died", why=dead, action="re-arming")
+        self.liveness.observer_died(dead)
+        watcher.rearm()
+        still = watcher.dead()
+        if still is not None:
+            raise SystemExit(_fatal(f"the file watcher died and could not be restarted ({still})"))
+        self.liveness.observer_recovered()
+        self.dirty.full(self.dirs)  # events were lost meanwhile
+
+    # ---- reconcile -------------------------------------------------------------------------
+
+    def _full_pass(self) -> None:
+        self.dirty.full(self.dirs)
+        self._reconcile_dirty()
+        self._idle_pass_finished()
+        self._heartbeat()
+
+    def _reconcile_dirty(self) -> None:
+        pending = self.dirty.take()
+        dirty = pending.dirty
+        if pending.overflowed:
+            log.warning("inotify_overflow", action="rescanning every directory")
+            self.metrics.inotify_overflow()
+        if pending.overflowed or pending.rediscover:
+            adopted = self.fleet.discover(at_start=False)
+            self.fleet.arm_watches()
+            for path in adopted if not pending.overflowed else self.dirs:
+                dirty.setdefault(path, Want()).full = True
+        elif pending.relook:
+            for path in self.fleet.look_again(pending.relook):
+                dirty.setdefault(path, Want()).full = True
+            self.fleet.arm_watches()
+        if not dirty:
+            return
+        started = time.monotonic()
+        for path in sorted(dirty):
+            held = self.dirs.get(path)
+            if held is not None:
+                self._reconcile(path, held, dirty[path])
+        self.liveness.pass_finished(self.recorder.finished(started, self.dirs))
+        if self._rearm and not self.config.once:
+            self._rearm = False
+            self.fleet.arm_watches()
+
+    def _reconcile(self, path: str, held: Held, want: Want) -> None:
+        tracked = held.tracked
+        if held.mode == "poll":
+            # Taken before the pass reads: a marker written during this pass (our own fsyncs
+            # take milliseconds) must differ at the next poll, not be absorbed.
+            held.signature = signature(path, held.polled_names())
+        if not tracked.managed.still_same():
+            self.dirty.rediscover()
+            return
+        try:
+            if want.full:
+                result = tracked.full_pass(self._stopping)
+            elif want.relist:
+                result = tracked.relist_pass(self._stopping)
+            else:
+                result = tracked.changed_pass(want.names, self._stopping)
+        except lock.LockHeldError as exc:
+            # Our lock file was removed or replaced and another janitor locked the new one:
+            # stop deleting here at once (invariant 8); the next rescan tries to adopt it again.
+            log.error("lock_lost", directory=path, holder=exc.holder,
+                      action="released the directory; deleting nothing here")
+            self.metrics.error("lock")
+            self.fleet.release_lost(path)
+            return
+        except OSError as exc:
+            log.error("reconcile_failed", directory=path, error=os_error(exc))
+            self.metrics.error("reconcile")
+            return
+        held.markers = tuple(sorted(tracked.index.consumers))
+        if self.config.policy.gated and self.config.options.receiver_ready:
+            steps = _sentinel_steps(held, result)
+            if steps != held.sentinel_steps:
+                held.sentinel_steps = steps
+                self._rearm = self._rearm or held.mode == "inotify"
+        reasons = {d.entry.name: d.reason.value for d in result.plan.doomed}
+        self.recorder.record(path, held, result, reasons)
+        if result.trashed:
+            managed = tracked.managed
+            trash_fd = managed.trash_fd(create=False)
+            assert trash_fd is not None
+            items = [Item(t.trash_name, t.entry.number, reasons[t.entry.name])
+                     for t in result.trashed]
+            self.reclaimer.submit(path, trash_fd, items, sync_fds=(managed.fd, trash_fd))
+
+    def _reclaim_leftovers(self) -> None:
+        if self.config.dry_run:
+            return
+        for path, held in self.dirs.items():
+            trash_fd = _open_trash_quietly(held.tracked.managed)
+            if trash_fd is not None and reaper.trash_entries(trash_fd):
+                self.reclaimer.submit(path, trash_fd, None)
+
+    def _on_deleted(self, directory: str, item: Item, stats: reaper.ReclaimStats) -> None:
+        """Called on the reclaim thread once a trashed step's bytes are freed."""
+        self._deleted_steps += 1
+        self.metrics.reclaimed(stats.bytes, stats.files)
+        log.info("deleted", directory=directory, step=item.step, reason=item.reason,
+                 bytes=stats.bytes, files=stats.files)
+
+
+def _sentinel_steps(held: Held, result: PassResult) -> tuple[str, ...]:
+    """The steps above the loaded one (every step while no sentinel exists) where a new
+    `.receiver_ready` would move it: at most SENTINEL_STEPS (see there)."""
+    index = held.tracked.index
+    above = index.steps_above(result.plan.progress.loaded_step)
+    if len(above) > SENTINEL_STEPS:
+        half = SENTINEL_STEPS // 2
+        above = above[:half] + above[-half:]
+    return tuple(index.step(n).name for n in above)
+
+
+def _still_running(process: psutil.Process) -> bool:
+    """psutil counts a zombie as running; it has exited, only its parent has not reaped it yet."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _open_trash_quietly(managed: ManagedDirectory) -> int | None:
+    try:
+        return managed.trash_fd(create=False)
+    except OSError as exc:
+        log.error("trash_unusable", directory=managed.path, error=str(exc))
+        return None
+
+
+def _fatal(message: str) -> int:
+    log.critical("fatal", why=message)
+    return exitcodes.ERROR

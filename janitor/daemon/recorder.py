@@ -1,0 +1,107 @@
+"""Logs and metrics of each pass: each fact once, not on every pass.
+
+A halted directory, a foreign entry and a dry run's would-delete are logged when first seen;
+each postponed deletion and each reclaimed step is logged as it happens; the pass's duration,
+the lags and the free space go to the metrics. A rescan that found the index wrong (a missed
+event) is logged as a bug and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+
+import structlog
+
+from janitor import protocol
+from janitor.daemon.fleet import Held
+from janitor.metrics import Metrics
+from janitor.ops.incremental import RescanResult
+from janitor.ops.managed import PassResult
+from janitor.policy import Plan
+
+log = structlog.get_logger("janitor")
+
+WOULD_DELETE_EVENTS = 200
+
+
+class PassRecorder:
+    def __init__(self, metrics: Metrics, dry_run: bool) -> None:
+        self.metrics = metrics
+        self.dry_run = dry_run
+        self.last_pass_ms = 0.0
+
+    def record(self, path: str, held: Held, result: PassResult,
+               reasons: dict[str, str]) -> None:
+        """One pass over one directory. `reasons` maps each doomed entry's name to its reason
+        (one lookup per trashed step, not a search)."""
+        plan = result.plan
+        newest = plan.newest_complete
+        loaded = plan.progress.loaded_step
+        held.lag = None if loaded is None or newest is None else max(0, newest - loaded)
+        if plan.halted is not None:
+            self.metrics.refused("no_valid_marker")
+            say_once(held, f"halt:{plan.halted}", "deleting_nothing", directory=path,
+                     why=plan.halted)
+        for foreign in result.snapshot.foreign:
+            say_once(held, f"foreign:{foreign.name}", "foreign_entry", directory=path,
+                     entry=protocol.printable(foreign.name), why=foreign.reason)
+        for skipped in result.skipped:
+            log.info("deletion_postponed", directory=path, step=skipped.entry.number,
+                     entry=protocol.printable(skipped.entry.name), why=skipped.why)
+        for trashed in result.trashed:
+            self.metrics.deleted(reasons[trashed.entry.name])
+        if self.dry_run:
+            self._would_delete(path, held, plan)
+
+    def _would_delete(self, path: str, held: Held, plan: Plan) -> None:
+        """One `would_delete` event per newly doomed step, at most WOULD_DELETE_EVENTS a pass
+        (a first dry run over 100,000 steps must not spend its time logging), then a count."""
+        new = [d for d in plan.doomed if f"would:{d.entry.name}" not in held.said]
+        for decision in new[:WOULD_DELETE_EVENTS]:
+            say_once(held, f"would:{decision.entry.name}", "would_delete", directory=path,
+                     step=decision.entry.number, reason=decision.reason.value)
+        if len(new) > WOULD_DELETE_EVENTS:
+            rest = new[WOULD_DELETE_EVENTS:]
+            held.said.update(f"would:{d.entry.name}" for d in rest)
+            log.warning("would_delete_more", directory=path, steps=len(rest),
+                        first=rest[0].entry.number, last=rest[-1].entry.number)
+
+    def finished(self, started: float, dirs: dict[str, Held]) -> float:
+        """The passes of one loop iteration are done: their time, the lags, the free space."""
+        finished = time.monotonic()
+        self.last_pass_ms = (finished - started) * 1000
+        self.metrics.reconcile_finished(finished - started, time.time())
+        self.metrics.set_directory_lags(h.lag for h in dirs.values())
+        self.metrics.set_filesystem_free_bytes(_free_bytes(dirs))
+        return finished
+
+    def rescanned(self, path: str, result: RescanResult) -> None:
+        """A finished rescan: what it corrected. Counted as missed events (a bug: the index
+        should have heard of them) only where the directory was quiet before the rescan."""
+        if not result.corrected:
+            return
+        fields = {"directory": path, "names": len(result.corrected),
+                  "first": [f"{protocol.printable(m.name)}: index {m.indexed}, disk {m.scanned}"
+                            for m in result.corrected[:5]]}
+        if result.counted:
+            self.metrics.index_mismatch(len(result.corrected))
+            log.error("index_mismatch", **fields,
+                      action="corrected from the rescan; please report this as a bug")
+        else:
+            log.debug("index_corrected", **fields, why="changed while it was rescanned")
+
+
+def say_once(held: Held, key: str, event: str, **fields: object) -> None:
+    if key not in held.said:
+        held.said.add(key)
+        log.warning(event, **fields)
+
+
+def _free_bytes(dirs: dict[str, Held]) -> Iterable[int]:
+    for path in dirs:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(path)
+            yield st.f_bavail * st.f_frsize
