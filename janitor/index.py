@@ -22,6 +22,9 @@ from janitor import protocol
 from janitor.model import TRASH, Consumer, Entry, Foreign, Item, Snapshot, Trash
 from janitor.policy import Context, Policy, context_of, progress_of
 
+# How many of the newest incomplete steps each pass reads again (see `watch_list`).
+WATCHED_INCOMPLETE = 16
+
 
 @dataclass(frozen=True, slots=True)
 class Mismatch:
@@ -274,15 +277,20 @@ class DirectoryIndex:
     def watch_list(self, context: Context) -> list[str]:
         """The names whose state decides the Context, read again before each decision: the
         consumer markers, the `keep_last` newest complete steps (a completion marker removed
-        inside a step sends its parent no event), every incomplete step above the oldest of
-        those (one may have completed in place), the newest step and the newest sentinel."""
+        inside a step sends its parent no event), the newest incomplete steps above the oldest
+        of those (one may have completed in place), the newest step and the newest sentinel."""
         names = list(self.consumers)
         complete = self._complete.values
         top = complete[len(complete) - min(self.policy.keep_last, len(complete)):]
         floor = top[0] if top else -1
         completed = set(top)
         names.extend(self._by_number[n] for n in top)
-        names.extend(self._by_number[n] for n in self._steps.above(floor) if n not in completed)
+        # The newest few only: a step completed in place that the index still thinks incomplete
+        # only keeps more (it cannot be the newest complete the plan protects), and the rescan
+        # catches it up; a tree of thousands of incomplete steps must not cost a read of each.
+        pending = [n for n in self._steps.above(floor)[-4 * WATCHED_INCOMPLETE:]
+                   if n not in completed]
+        names.extend(self._by_number[n] for n in pending[-WATCHED_INCOMPLETE:])
         for number in (self._ready.last(),):
             if number is not None:
                 names.append(self._by_number[number])
