@@ -342,8 +342,11 @@ class DirectoryIndex:
                 if name not in listed and not self.touched_since(name, since_seq)]
 
     def forget_untouched(self, since_seq: int) -> None:
-        """Drop the bookkeeping of names gone before `since_seq`: it stays the size of the
-        tree, not of its history."""
+        """Drop the bookkeeping of names gone before `since_seq`, once it holds twice as many
+        names as the directory: it stays the size of the tree, not of its history, at a cost
+        spread over the puts that grew it."""
+        if len(self._touched) <= 2 * (len(self.entries) + len(self.foreign)) + 1024:
+            return
         for name in [n for n, seq in self._touched.items() if seq <= since_seq
                      and self.get(n) is None]:
             del self._touched[name]

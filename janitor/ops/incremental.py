@@ -205,11 +205,13 @@ class Rescan:
         self.listed: set[str] = set()
         self.subdirs: list[str] = []
         self.corrected: list[Mismatch] = []
+        self._held: Iterator[str] | None = None  # the second phase: names the index holds
 
     def close(self) -> None:
         if self._listing is not None:
             self._listing.close()  # type: ignore[attr-defined]
             self._listing = None
+        self._held = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -226,7 +228,7 @@ class Rescan:
         tracked = self.tracked
         index = tracked.index
         deadline = time.monotonic() + budget_s
-        listing = self._listing
+        listing = self._listing if self._held is None else ()
         assert listing is not None
         for count, item in enumerate(listing, 1):
             name = item.name
@@ -241,10 +243,19 @@ class Rescan:
                     self.corrected.append(mismatch)
             if count % 64 == 0 and time.monotonic() >= deadline:
                 return None
-        for name in index.unlisted(self.listed, self.since_seq):
-            mismatch = index.check(name, tracked._read(name))
-            if mismatch is not None:
-                self.corrected.append(mismatch)
+        # Then the names the index holds that the listing never showed, also in slices.
+        if self._held is None:
+            if self._listing is not None:
+                self._listing.close()  # type: ignore[attr-defined]
+                self._listing = None
+            self._held = iter(list(index.names()))
+        for count, name in enumerate(self._held, 1):
+            if name not in self.listed and not index.touched_since(name, self.since_seq):
+                mismatch = index.check(name, tracked._read(name))
+                if mismatch is not None:
+                    self.corrected.append(mismatch)
+            if count % 1024 == 0 and time.monotonic() >= deadline:
+                return None
         index.forget_untouched(self.since_seq)
         st = os.fstat(self._fd)
         self.close()
