@@ -32,19 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from safety_helpers import (  # noqa: E402
-    JANITOR,
-    Rules,
-    build,
-    check_whole,
-    clean_env,
-    must_keep,
-    publish_marker,
-    rule_args,
-    step_numbers,
-    trash_names,
-    wait_until,
-)
+from helpers.run import JANITOR, clean_env  # noqa: E402
+from helpers.safety import Rules, build, check_whole, must_keep, publish_marker, rule_args  # noqa: E402
+from helpers.tree import step_numbers, trash_names  # noqa: E402
+from helpers.wait import wait_until  # noqa: E402
 
 from janitor import protocol  # noqa: E402
 

@@ -1,8 +1,7 @@
-"""Fixtures for the janitor tests (helpers they build on: janitor_helpers.py)."""
+"""Fixtures for the janitor tests (the helpers they build on: the helpers package here)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -11,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Janitor, Spawn
+from helpers.daemon import Janitor, Spawn
+from helpers.run import shared_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,16 +35,8 @@ def audit_state_dir() -> Iterator[Path]:
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A temporary directory that uid 65534 can reach (pytest's own is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="janitor-test-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
+    with shared_dir("janitor-test-") as path:
         yield path
-    finally:
-        for dirpath, dirnames, _ in os.walk(path):
-            for name in dirnames:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(dirpath, name), 0o700)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,26 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from janitor_helpers import run_janitor
-from safety_helpers import (
-    Daemon,
+from helpers.daemon import Daemon
+from helpers.run import can_drop_privileges, run_janitor, shared_dir
+from helpers.safety import (
     Rules,
     bind_mount,
     build,
-    can_drop_privileges,
     check_whole,
     must_keep,
     publish_marker,
     read_audit,
     rule_args,
-    shared_dir,
-    step_numbers,
     tmpfs,
-    trash_names,
-    tree_state,
-    wait_until,
     write_step,
 )
+from helpers.tree import step_numbers, trash_names, tree_state
+from helpers.wait import wait_until
 
 from janitor import protocol
 from janitor.fs import mounts

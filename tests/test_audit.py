@@ -17,16 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from janitor_helpers import run_janitor
-from safety_helpers import (
-    build,
-    can_drop_privileges,
-    publish_marker,
-    read_audit,
-    shared_dir,
-    step_numbers,
-    tree_state,
-)
+from helpers.run import can_drop_privileges, run_janitor, shared_dir
+from helpers.safety import build, publish_marker, read_audit
+from helpers.tree import step_numbers, tree_state
 
 from janitor.ops.audit import AuditLog, read_records
 from janitor.ops.audit_verify import verify

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.run import Ran, can_drop_privileges, run_janitor, shared_dir
+from helpers.safety import build, publish_marker
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from janitor_helpers import Ran, run_janitor
-from safety_helpers import build, can_drop_privileges, publish_marker, shared_dir
 
 from janitor.model import ScanOptions
 from janitor.ops.audit import AuditLog

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from janitor_helpers import build_tree, run_janitor, step_numbers, write_marker
+from helpers.run import run_janitor
+from helpers.tree import build_tree, step_numbers, write_marker
 
 
 def test_a_step_that_cannot_be_moved_gets_a_skipped_record(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from janitor_helpers import build_tree, run_janitor, step_numbers, write_marker
+from helpers.run import run_janitor
+from helpers.tree import build_tree, step_numbers, write_marker
 
 
 def test_sweep_with_reclaim_workers_deletes_and_empties_the_trash(tmp_path: Path) -> None:

@@ -16,17 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from janitor_helpers import (
-    Ran,
-    build_tree,
-    can_drop_privileges,
-    make_step,
-    run_janitor,
-    step_numbers,
-    tree_state,
-    wait_until,
-    write_marker,
-)
+from helpers.run import Ran, can_drop_privileges, run_janitor
+from helpers.tree import build_tree, make_step, step_numbers, tree_state, write_marker
+from helpers.wait import wait_until
 
 from janitor import exitcodes, protocol
 

@@ -17,18 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import (
+from helpers.daemon import (
     Janitor,
     NotifySocket,
     Spawn,
     janitor_argv,
-    make_steps,
     parse_metric,
     publish_marker,
-    step_numbers,
-    wait_until,
     write_marker_in_place,
 )
+from helpers.tree import make_steps, step_numbers
+from helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -52,11 +51,11 @@ def test_atomic_publish_deletes_exactly_the_doomed_steps(spawn: Spawn,
     root, managed = tree
     daemon = spawn(str(root), "--interval-to-keep", "4")
     ready(daemon)
-    assert step_numbers(managed) == set(range(1, 10)), "LOADED_STEP=1 licenses nothing"
+    assert set(step_numbers(managed)) == set(range(1, 10)), "LOADED_STEP=1 licenses nothing"
 
     publish_marker(managed, 7)
     # Kept: 4 and 8 (multiples of 4), 9 (newest complete), 7 (at the loaded step) and 8 above it.
-    wait_until(lambda: step_numbers(managed) == {4, 7, 8, 9}, 10, "steps 1,2,3,5,6 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {4, 7, 8, 9}, 10, "steps 1,2,3,5,6 to go")
     for step in (1, 2, 3, 5, 6):
         event = daemon.wait_event("deleted", step=step, timeout_s=60)
         assert event["reason"] == "superseded"
@@ -64,7 +63,7 @@ def test_atomic_publish_deletes_exactly_the_doomed_steps(spawn: Spawn,
         assert event["bytes"] > 0
     code, _ = daemon.stop()
     assert code == 0
-    assert step_numbers(managed) == {4, 7, 8, 9}
+    assert set(step_numbers(managed)) == {4, 7, 8, 9}
     assert len(daemon.named("deleted")) == 5, "one deleted event per deletion"
     assert daemon.not_json == []
 
@@ -74,9 +73,9 @@ def test_marker_written_in_place_works_too(spawn: Spawn, tree: tuple[Path, Path]
     daemon = spawn(str(root))
     ready(daemon)
     write_marker_in_place(managed, 5)
-    wait_until(lambda: step_numbers(managed) == {5, 6, 7, 8, 9}, 10, "steps 1-4 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {5, 6, 7, 8, 9}, 10, "steps 1-4 to go")
     write_marker_in_place(managed, 8)
-    wait_until(lambda: step_numbers(managed) == {8, 9}, 10, "steps 5-7 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {8, 9}, 10, "steps 5-7 to go")
 
 
 def test_a_second_consumer_holds_deletion_back_to_the_minimum(spawn: Spawn,
@@ -87,9 +86,9 @@ def test_a_second_consumer_holds_deletion_back_to_the_minimum(spawn: Spawn,
     ready(daemon)
     publish_marker(managed, 8)
     wait_until(lambda: daemon.named("deleted", step=2), 10, "step 2 deleted (below eval's 3)")
-    assert step_numbers(managed) == set(range(3, 10)), "eval at 3 keeps 3 and up"
+    assert set(step_numbers(managed)) == set(range(3, 10)), "eval at 3 keeps 3 and up"
     publish_marker(managed, 6, consumer="eval")
-    wait_until(lambda: step_numbers(managed) == {6, 7, 8, 9}, 10, "min(8, 6) = 6 to apply")
+    wait_until(lambda: set(step_numbers(managed)) == {6, 7, 8, 9}, 10, "min(8, 6) = 6 to apply")
     assert not daemon.named("deleted", step=6)
 
 
@@ -127,7 +126,7 @@ def test_once_reconciles_and_exits(tree: tuple[Path, Path]) -> None:
     done = subprocess.run([*janitor_argv(), "run", "--once", str(root)], capture_output=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert step_numbers(managed) == {6, 7, 8, 9}
+    assert set(step_numbers(managed)) == {6, 7, 8, 9}
     events = [json.loads(line) for line in done.stderr.decode().splitlines()]
     assert sorted(e["step"] for e in events if e["event"] == "deleted") == [1, 2, 3, 4, 5]
     assert os.listdir(managed / ".janitor-trash") == [], "--once reclaims before exiting"
@@ -160,7 +159,7 @@ def test_exit_with_pid_does_a_final_pass_and_exits_0(spawn: Spawn,
         daemon = spawn(str(root), "--exit-with-pid", str(trainer.pid))
         ready(daemon)
         publish_marker(managed, 5)
-        wait_until(lambda: step_numbers(managed) == set(range(5, 10)), 10, "steps 1-4 to go")
+        wait_until(lambda: set(step_numbers(managed)) == set(range(5, 10)), 10, "steps 1-4 to go")
         publish_marker(managed, 7)  # races the kill: the final pass must apply it anyway
         trainer.kill()
         # Not reaped yet on purpose: the trainer is a zombie until its parent waits for it, and a
@@ -169,7 +168,7 @@ def test_exit_with_pid_does_a_final_pass_and_exits_0(spawn: Spawn,
     finally:
         trainer.kill()
         trainer.wait()
-    assert step_numbers(managed) == {7, 8, 9}
+    assert set(step_numbers(managed)) == {7, 8, 9}
     finished = daemon.wait_event("finished")
     assert finished["reclaim_done"] is True
     assert os.listdir(managed / ".janitor-trash") == []
@@ -299,7 +298,7 @@ def test_status_shows_consumers_lag_decisions_trash_and_the_daemon(spawn: Spawn,
 
     daemon = spawn(str(root))
     ready(daemon)
-    wait_until(lambda: step_numbers(managed) == set(range(4, 10)), 10, "steps 1-3 to go")
+    wait_until(lambda: set(step_numbers(managed)) == set(range(4, 10)), 10, "steps 1-3 to go")
     after = json.loads(status("--json").stdout)["directories"][0]
     assert after["daemon"]["running"] is True
     assert after["daemon"]["pid"] == daemon.pid

@@ -18,15 +18,9 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import (
-    Spawn,
-    inotify_instances,
-    inotify_watches,
-    make_steps,
-    publish_marker,
-    step_numbers,
-    wait_until,
-)
+from helpers.daemon import Spawn, inotify_instances, inotify_watches, publish_marker
+from helpers.tree import make_steps, step_numbers
+from helpers.wait import wait_until
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from janitor.daemon import Daemon, DaemonConfig

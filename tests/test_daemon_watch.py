@@ -12,16 +12,15 @@ import signal
 from pathlib import Path
 
 import pytest
-from daemon_helpers import (
+from helpers.daemon import (
     Spawn,
     inotify_instances,
     inotify_watches,
-    make_steps,
     publish_marker,
-    step_numbers,
-    wait_until,
     write_marker_in_place,
 )
+from helpers.tree import make_steps, step_numbers
+from helpers.wait import wait_until
 
 SLOW_TIMER = ("--rescan-interval", "60")
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -60,13 +59,13 @@ def test_inotify_queue_overflow_still_converges(spawn: Spawn, tmp_path: Path) ->
     finally:
         os.kill(daemon.pid, signal.SIGCONT)
     expected = {100, 200, 300, 400, 500} | set(range(490, 504))
-    wait_until(lambda: step_numbers(managed) == expected, 60, "the tree to converge")
+    wait_until(lambda: set(step_numbers(managed)) == expected, 60, "the tree to converge")
     daemon.wait_event("inotify_overflow")
     overflows = daemon.metric("ckpt_janitor_inotify_overflows_total")
     assert overflows is not None and overflows > 0
     # Still watching after the overflow: the next publish is seen, not left to the 60 s timer.
     publish_marker(managed, 502)
-    wait_until(lambda: step_numbers(managed) == {100, 200, 300, 400, 500, 502, 503}, 10,
+    wait_until(lambda: set(step_numbers(managed)) == {100, 200, 300, 400, 500, 502, 503}, 10,
                "the publish after the overflow to be seen")
     assert daemon.not_json == []
 
@@ -84,10 +83,10 @@ def test_root_deleted_and_recreated(spawn: Spawn, tmp_path: Path) -> None:
     publish_marker(managed, 1)
     daemon.wait_event("directory_adopted", directory=str(managed), timeout_s=10)
     publish_marker(managed, 13)
-    wait_until(lambda: step_numbers(managed) == {13, 14, 15}, 10, "steps 10-12 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {13, 14, 15}, 10, "steps 10-12 to go")
     # The new tree is watched, not only polled for its root: a later publish is seen at once.
     publish_marker(managed, 15)
-    wait_until(lambda: step_numbers(managed) == {15}, 10, "steps 13-14 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {15}, 10, "steps 13-14 to go")
     assert daemon.proc.poll() is None
     assert not daemon.named("fatal")
     assert not daemon.named("watcher_died"), "a deleted directory is no dead watcher"
@@ -113,9 +112,9 @@ def test_root_replaced_by_another_directory_via_rename(spawn: Spawn, tmp_path: P
     # Changes in the new tree must reach the daemon through inotify on the *new* directories
     # (the 60 s timer is far beyond the deadline).
     publish_marker(managed, 23)
-    wait_until(lambda: step_numbers(managed) == {23, 24, 25}, 10,
+    wait_until(lambda: set(step_numbers(managed)) == {23, 24, 25}, 10,
                "a publish in the replacement tree to be seen")
-    assert step_numbers(tmp_path / "old" / "run" / "broadcasts") == {1, 2, 3, 4, 5}, \
+    assert set(step_numbers(tmp_path / "old" / "run" / "broadcasts")) == {1, 2, 3, 4, 5}, \
         "the moved-away tree is no longer ours"
     assert inotify_watches(daemon.pid) == 3  # root, run, broadcasts: no stale ones
 
@@ -131,15 +130,15 @@ def test_managed_directory_created_after_start(spawn: Spawn, tmp_path: Path) -> 
     make_steps(managed, range(1, 8))
     publish_marker(managed, 6)
     daemon.wait_event("directory_adopted", directory=str(managed), timeout_s=10)
-    wait_until(lambda: step_numbers(managed) == {6, 7}, 10, "steps 1-5 of run2 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {6, 7}, 10, "steps 1-5 of run2 to go")
     write_marker_in_place(managed, 7)
-    wait_until(lambda: step_numbers(managed) == {7}, 10, "step 6 of run2 to go")
+    wait_until(lambda: set(step_numbers(managed)) == {7}, 10, "step 6 of run2 to go")
     # A run deleted by hand: released, and no alarm about a dead watcher.
     shutil.rmtree(root / "run1")
     daemon.wait_event("directory_released", directory=str(root / "run1" / "broadcasts"))
     make_steps(managed, [8, 9])
     publish_marker(managed, 9)
-    wait_until(lambda: step_numbers(managed) == {9}, 10, "run2 still watched")
+    wait_until(lambda: set(step_numbers(managed)) == {9}, 10, "run2 still watched")
     assert not daemon.named("watcher_died")
     assert inotify_watches(daemon.pid) == 3  # root, run2, run2/broadcasts
 
@@ -158,13 +157,13 @@ def test_poll_mode_works_without_inotify(spawn: Spawn, tmp_path: Path) -> None:
     assert daemon.metric("ckpt_janitor_watches") == 0
     assert daemon.metric("ckpt_janitor_watch_mode", mode="poll") == 1
     publish_marker(managed, 4)
-    wait_until(lambda: step_numbers(managed) == set(range(4, 10)), 10, "a rename to be polled")
+    wait_until(lambda: set(step_numbers(managed)) == set(range(4, 10)), 10, "a rename to be polled")
     write_marker_in_place(managed, 6)  # only the marker's own mtime changes
-    wait_until(lambda: step_numbers(managed) == set(range(6, 10)), 10,
+    wait_until(lambda: set(step_numbers(managed)) == set(range(6, 10)), 10,
                "an in-place marker write to be polled")
     publish_marker(managed, 3, consumer="eval")  # a consumer that appears later pins the rest
     make_steps(managed, [10])
     publish_marker(managed, 9)
     publish_marker(managed, 9, consumer="eval")
-    wait_until(lambda: step_numbers(managed) == {9, 10}, 10, "min over both consumers")
+    wait_until(lambda: set(step_numbers(managed)) == {9, 10}, 10, "min over both consumers")
     assert inotify_instances(daemon.pid) == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from safety_helpers import load_bench
+from helpers.safety import load_bench
 
 KILLS = 32
 SEED = 20261125

@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from helpers.run import Ran, run_janitor
+from helpers.tree import make_step, step_numbers, write_marker
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from janitor_helpers import Ran, make_step, run_janitor, step_numbers, write_marker
 
 from janitor import protocol
 from janitor.protocol import Invalid

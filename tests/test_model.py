@@ -20,10 +20,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.tree import newest_step_change_ns, step_numbers, trash_names, tree_state
+from helpers.wait import wait_until
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from safety_helpers import newest_change_ns, step_numbers, trash_names, tree_state, wait_until
 
 import trainer_hooks
 from janitor import protocol
@@ -149,7 +150,7 @@ class JanitorModel(RuleBasedStateMachine):
     def _after_steps(self) -> None:
         """Let the filesystem clock pass every step's change time, so the marker licenses them
         (the janitor keeps a step changed in the marker's own clock tick; the model would not)."""
-        newest = newest_change_ns(self.tree)
+        newest = newest_step_change_ns(self.tree)
         probe = self.base / "clock"
 
         def past() -> bool:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import click
 import pytest
-from janitor_helpers import build_tree, run_janitor, step_numbers
-from options_helpers import assert_one_usage_line, run_inprocess
+from helpers.options import assert_one_usage_line, run_inprocess
+from helpers.run import run_janitor
+from helpers.tree import build_tree, step_numbers
 
 from janitor.cli import cli
 from janitor.cli import options as strict

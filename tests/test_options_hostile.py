@@ -4,7 +4,7 @@ Hypothesis draws settings for `sweep`, `status` and `run --once`: each option fr
 line or from its JANITOR_* variable, with values from a hostile pool (blank, whitespace, tabs,
 NaN/inf, 1e300, huge and negative integers, Arabic-Indic and full-width digits, underscores, '+5',
 separators, random text) and from each option's valid range. An independent oracle
-(options_helpers: regexes and Decimal ranges written from the README, not janitor.cli.options) says
+(helpers.options: regexes and Decimal ranges written from the README, not janitor.cli.options) says
 whether the whole setting is valid. Then:
 
 - invalid: exit 2, exactly one stderr line `janitor: error: ...`, no traceback, tree unchanged;
@@ -33,10 +33,7 @@ from typing import Any
 
 import click
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from janitor_helpers import make_step, run_janitor, step_numbers, tree_state, write_marker
-from options_helpers import (
+from helpers.options import (
     SPECS_BY_COMMAND,
     RefusedError,
     Spec,
@@ -45,6 +42,10 @@ from options_helpers import (
     parse_bool,
     run_inprocess,
 )
+from helpers.run import run_janitor
+from helpers.tree import make_step, step_numbers, tree_state, write_marker
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from janitor.cli import cli
 

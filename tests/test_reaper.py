@@ -15,17 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from janitor_helpers import (
-    JANITOR,
+from helpers.run import JANITOR, run_janitor
+from helpers.tree import (
     build_tree,
     make_step,
-    run_janitor,
     step_numbers,
+    trash_names,
     tree_state,
     wait_for_fs_clock,
-    wait_until,
     write_marker,
 )
+from helpers.wait import wait_until
 
 from janitor import protocol
 from janitor.fs import reaper, reserved
@@ -44,10 +44,6 @@ def managed(path: Path, policy: Policy = POLICY) -> ManagedDirectory:
 
 def trash(path: Path) -> Path:
     return path / protocol.TRASH_DIR
-
-
-def trash_names(path: Path) -> list[str]:
-    return sorted(os.listdir(trash(path))) if trash(path).exists() else []
 
 
 def expected_reclaim(root: Path) -> tuple[int, int]:

@@ -16,20 +16,13 @@ import stat
 import subprocess
 from pathlib import Path
 
-import daemon_helpers
+import helpers.daemon
 import pytest
-from daemon_helpers import Spawn
-from janitor_helpers import JANITOR, NOBODY, Ran, wait_until
-from safety_helpers import (
-    build,
-    can_drop_privileges,
-    check_whole,
-    publish_marker,
-    shared_dir,
-    step_numbers,
-    trash_names,
-    write_step,
-)
+from helpers.daemon import Spawn
+from helpers.run import JANITOR, NOBODY, Ran, can_drop_privileges, shared_dir
+from helpers.safety import build, check_whole, publish_marker, write_step
+from helpers.tree import step_numbers, trash_names
+from helpers.wait import wait_until
 
 from janitor import protocol
 
@@ -221,7 +214,7 @@ def open_fds(pid: int) -> int:
 @pytest.mark.slow
 def test_the_daemon_retries_a_failing_entry_with_backoff_and_its_fds_stay_flat(
         spawn: Spawn, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon_helpers, "janitor_argv",
+    monkeypatch.setattr(helpers.daemon, "janitor_argv",
                         lambda: ["prlimit", "--nofile=256:256", *NOBODY, JANITOR])
     with shared_dir("janitor-limits-") as base:
         tree = _hostile_steps(base)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import structlog
-from daemon_helpers import Spawn, make_steps, publish_marker, step_numbers, wait_until
+from helpers.daemon import Spawn, publish_marker
+from helpers.tree import make_steps, step_numbers
+from helpers.wait import wait_until
 
 from janitor.fs import priority
 

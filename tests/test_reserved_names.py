@@ -20,24 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.daemon import Daemon
+from helpers.run import can_drop_privileges, run_janitor, shared_dir
+from helpers.safety import bind_mount, build, check_whole, publish_marker, tmpfs, unmount
+from helpers.tree import step_numbers, trash_names, tree_state
+from helpers.wait import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from janitor_helpers import run_janitor
-from safety_helpers import (
-    Daemon,
-    bind_mount,
-    build,
-    can_drop_privileges,
-    check_whole,
-    publish_marker,
-    shared_dir,
-    step_numbers,
-    tmpfs,
-    trash_names,
-    tree_state,
-    unmount,
-    wait_until,
-)
 
 from janitor import protocol
 from janitor.fs.lock import LockHeldError

@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from janitor_helpers import NOBODY, can_drop_privileges, make_step, write_marker
+from helpers.run import NOBODY, can_drop_privileges
+from helpers.tree import make_step, write_marker
 
 from janitor import protocol
 from janitor.fs.scan import deepen, open_directory, scan

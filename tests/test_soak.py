@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from safety_helpers import load_bench
+from helpers.safety import load_bench
 
 # Open fds of the daemon may move by a few (a reclaim job's dup'ed trash fd, an inotify read in
 # flight), never grow with the number of steps.

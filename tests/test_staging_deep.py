@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from janitor_helpers import build_tree, newest_change_ns, run_janitor, wait_until
+from helpers.run import run_janitor
+from helpers.tree import build_tree, newest_change_ns
+from helpers.wait import wait_until
 
 from janitor import protocol
 

@@ -12,10 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.daemon import Daemon
+from helpers.run import run_janitor
+from helpers.safety import build, publish_marker
+from helpers.tree import step_numbers
+from helpers.wait import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from janitor_helpers import run_janitor, wait_until
-from safety_helpers import Daemon, build, publish_marker, step_numbers
 
 from janitor.cli import main
 

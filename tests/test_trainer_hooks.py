@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hooks_helpers import REPO, child_env, tree_files
+from helpers.hooks import REPO, child_env, tree_files
 
 import trainer_hooks
 from janitor import protocol

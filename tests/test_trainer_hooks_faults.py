@@ -1,6 +1,6 @@
 """trainer_hooks under faults: a writer SIGKILLed anywhere, and a disk that fills up mid-write.
 
-The kill tests run the real child writer (tests/hooks_helpers.py) in a subprocess and SIGKILL it,
+The kill tests run the real child writer (tests/helpers/hooks.py) in a subprocess and SIGKILL it,
 either after a random delay or at a chosen filesystem operation, then check the whole tree: every
 visible step_N is complete and whole (a manifest lists each file and its hash), nothing visible is
 half-written, and leftovers are hidden staging directories the janitor will sweep.
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hooks_helpers import check_tree, read_line, spawn_writer
+from helpers.hooks import check_tree, read_line, spawn_writer
 
 from janitor import protocol
 from trainer_hooks import staged_step

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hooks_helpers import tree_files
+from helpers.hooks import tree_files
 
 from janitor import protocol
 from trainer_hooks import load_step, newest_complete_step, save_step, staged_step

@@ -20,15 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from safety_helpers import (
-    build,
-    check_whole,
-    publish_marker,
-    read_audit,
-    step_numbers,
-    trash_names,
-    wait_until,
-)
+from helpers.safety import build, check_whole, publish_marker, read_audit
+from helpers.tree import step_numbers, trash_names
+from helpers.wait import wait_until
 
 import janitor.cli
 import janitor.daemon  # imported before forking: the children need not import it lazily

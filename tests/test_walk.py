@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.tree import tree_state
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from janitor_helpers import tree_state
 
 from janitor.fs import reaper, sizes, walk
 

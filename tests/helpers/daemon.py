@@ -1,9 +1,10 @@
-"""Helpers for the daemon tests: real `janitor run` processes on real trees in tmp dirs.
+"""Daemons for the tests: real `janitor run` processes on real trees in tmp dirs.
 
 `Janitor` starts the daemon with stderr on a pipe and parses every line as JSON on a reader
-thread, so tests wait on structured events (with deadlines) instead of sleeping. `NotifySocket` is
-a real AF_UNIX datagram socket standing in for systemd. The tree helpers write steps and publish
-LOADED_STEP markers the way trainer_hooks does (temporary, fsync, rename).
+thread, so tests wait on structured events (with deadlines) instead of sleeping; `Daemon` is the
+safety suite's variant (no JANITOR_* of the test's, JSON logs). `NotifySocket` is a real AF_UNIX
+datagram socket standing in for systemd. `publish_marker` renames a LOADED_STEP marker into place
+(no fsync) and says when, for the latency tests; trees themselves are built by helpers.tree.
 """
 
 from __future__ import annotations
@@ -19,78 +20,24 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import janitor_helpers
-from janitor_helpers import wait_until
+from helpers.run import JANITOR, clean_env
+from helpers.tree import after_every_step
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-_SCRIPT = Path(sys.executable).with_name("janitor")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def janitor_argv() -> list[str]:
     """The installed console script next to this interpreter, else `python -m janitor`."""
-    if _SCRIPT.exists():
-        return [str(_SCRIPT)]
+    if Path(JANITOR).exists():
+        return [JANITOR]
     return [sys.executable, "-m", "janitor"]
 
 
-# ---- trees -------------------------------------------------------------------------------------
-
-def make_steps(directory: Path, numbers: Iterable[int], *, complete: bool = True,
-               files: int = 0) -> None:
-    """Create `step_N` directories (with `files` small shard files, then STABLE if complete)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for number in numbers:
-        step = directory / f"step_{number}"
-        step.mkdir()
-        step_fd = os.open(step, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for i in range(files):
-                fd = os.open(f"shard_{i}.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644,
-                             dir_fd=step_fd)
-                os.write(fd, b"x")
-                os.close(fd)
-        finally:
-            os.close(step_fd)
-        if complete:
-            (step / "STABLE").touch()
-
-
-def step_numbers(directory: Path) -> set[int]:
-    """janitor_helpers.step_numbers as a set, which the daemon tests compare against."""
-    return set(janitor_helpers.step_numbers(directory))
-
-
-def _newest_change_ns(directory: Path) -> int:
-    newest = 0
-    for name in os.listdir(directory):
-        if not name.startswith("step_"):
-            continue
-        for path in (directory / name, directory / name / "STABLE"):
-            with contextlib.suppress(FileNotFoundError):
-                st = path.lstat()
-                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-    return newest
-
-
-def _after_every_step(directory: Path, path: Path) -> None:
-    """Bump `path`'s mtime until the filesystem clock is past every step's change time.
-
-    Invariant 4 keeps a step changed at or after the marker's mtime, and filesystem clocks tick
-    coarsely: a marker written in the same tick as the last step would license nothing.
-    """
-    newest = _newest_change_ns(directory)
-
-    def past() -> bool:
-        os.utime(path)
-        return path.stat().st_mtime_ns > newest
-
-    wait_until(past, 5.0, "the filesystem clock to pass the newest step", interval_s=0.001)
-
+# ---- markers, the way the daemon tests publish them -------------------------------------------
 
 def publish_marker(directory: Path, step: int, consumer: str | None = None) -> float:
     """Publish LOADED_STEP[.consumer] atomically; returns time.monotonic() at the rename."""
@@ -99,7 +46,7 @@ def publish_marker(directory: Path, step: int, consumer: str | None = None) -> f
     # No fsync: durability is trainer_hooks' business (tested there); the daemon only needs to
     # see the rename, and an fsync on a busy disk can stall for seconds.
     temporary.write_bytes(f"{step}\n".encode())
-    _after_every_step(directory, temporary)
+    after_every_step(directory, temporary)
     renamed_at = time.monotonic()
     temporary.rename(directory / name)
     return renamed_at
@@ -111,7 +58,7 @@ def write_marker_in_place(directory: Path, step: int, consumer: str | None = Non
     probe = directory.parent / f".clock-probe-{os.getpid()}"
     probe.touch()
     try:
-        _after_every_step(directory, probe)
+        after_every_step(directory, probe)
     finally:
         probe.unlink()
     with (directory / name).open("r+b" if (directory / name).exists() else "wb") as f:
@@ -221,6 +168,30 @@ class Janitor:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
+
+class Daemon(Janitor):
+    """A `janitor run` process (a Janitor) without the test's own JANITOR_* variables, logging
+    JSON, run from /; stop() returns the exit code alone."""
+
+    def __init__(self, args: list[str | Path], env: dict[str, str] | None = None) -> None:
+        super().__init__(["--log-format", "json", *(str(a) for a in args)],
+                         base_env=clean_env(env), cwd=Path("/"))
+
+    def wait_event(self, name: str, timeout_s: float = 20.0, **match: Any) -> dict[str, Any]:
+        return super().wait_event(name, timeout_s, **match)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._reader.join(5)
+
+    def stop(self, timeout_s: float = 30.0) -> int:  # type: ignore[override]
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.proc.wait(timeout_s)
+        self._reader.join(5)
+        return code
 
 
 # The `spawn` fixture (conftest.py): start a daemon; it is closed at teardown.

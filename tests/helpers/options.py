@@ -17,8 +17,7 @@ from decimal import Decimal
 from typing import Any
 from unittest import mock
 
-from janitor_helpers import Ran
-
+from helpers.run import Ran, clean_env
 from janitor import cli
 
 
@@ -27,8 +26,7 @@ def run_inprocess(argv: list[str], env: dict[str, str] | None = None) -> Ran:
 
     Any exception other than SystemExit propagates: it is a traceback the user would see.
     """
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
-    clean.update(env or {})
+    clean = clean_env(env)
     out, err = io.StringIO(), io.StringIO()
     code: int
     with (mock.patch.dict(os.environ, clean, clear=True), contextlib.redirect_stdout(out),

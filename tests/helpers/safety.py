@@ -1,7 +1,7 @@
 """Helpers for the proof-of-safety suite (issue 6): trees whose steps can be checked whole,
-markers published strictly after the steps below them, the real `janitor` in a subprocess, a
-daemon whose JSON log lines are parsed on a reader thread, tmpfs mounts, audit records and a
-small model of what the policy must keep.
+markers published durably and strictly after the steps below them, tmpfs and bind mounts, audit
+records and a small model of what the policy must keep. (The real `janitor` in a subprocess is
+helpers.run, a daemon helpers.daemon.Daemon.)
 
 Nothing here sleeps to synchronise: every wait polls a condition with a deadline.
 """
@@ -21,15 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Janitor
-from janitor_helpers import step_numbers, wait_until
 
+from helpers.tree import after_every_step, step_numbers
 from janitor import protocol
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-JANITOR = str(Path(sys.executable).with_name("janitor"))
-NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+REPO = Path(__file__).resolve().parents[2]
 MANIFEST = "manifest.json"
 
 
@@ -81,52 +77,10 @@ def check_whole(directory: Path) -> list[str]:
     return problems
 
 
-def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every path under `root` (root included) with type, mode, size, mtime, owner and content
-    (or link target); atime left out. Symlinks are never followed, FIFOs never opened."""
-    import hashlib
-    import stat
-
-    state: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
-        for name in [b"", *dirnames, *filenames]:
-            path = os.path.join(dirpath, name) if name else dirpath
-            st = os.lstat(path)
-            digest = ""
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as handle:
-                    digest = hashlib.sha256(handle.read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                digest = os.readlink(path).hex()
-            rel = os.path.relpath(path, os.fsencode(root)).decode("utf-8", "surrogateescape")
-            state[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size,
-                          st.st_mtime_ns, st.st_uid, digest)
-    return state
-
-
-def trash_names(directory: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(directory / protocol.TRASH_DIR))
-    except FileNotFoundError:
-        return []
-
-
-def newest_change_ns(directory: Path) -> int:
-    """Newest mtime/ctime of the step directories and their markers (what the scan looks at)."""
-    newest = 0
-    for name in os.listdir(directory):
-        if not protocol.looks_like_step(name):
-            continue
-        for path in (directory / name, directory / name / protocol.DEFAULT_COMPLETE_MARKER):
-            with contextlib.suppress(OSError):
-                st = path.lstat()
-                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-    return newest
-
-
 def publish_marker(directory: Path, content: int | bytes, consumer: str | None = None) -> Path:
-    """Publish LOADED_STEP[.consumer] atomically with an mtime strictly after every step's change
-    time (filesystem clocks tick coarsely; invariant 4 keeps a step changed in the same tick)."""
+    """Publish LOADED_STEP[.consumer] atomically and durably (fsynced before the rename), with an
+    mtime strictly after every step's change time (filesystem clocks tick coarsely; invariant 4
+    keeps a step changed in the same tick)."""
     name = protocol.marker_name(consumer)
     data = protocol.format_marker(content) if isinstance(content, int) else content
     temporary = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -134,13 +88,7 @@ def publish_marker(directory: Path, content: int | bytes, consumer: str | None =
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    newest = newest_change_ns(directory)
-
-    def past() -> bool:
-        os.utime(temporary)
-        return temporary.stat().st_mtime_ns > newest
-
-    wait_until(past, 5.0, "the filesystem clock to pass the newest step", interval_s=0.001)
+    after_every_step(directory, temporary)
     temporary.rename(directory / name)
     return directory / name
 
@@ -171,39 +119,6 @@ def rule_args(rules: Rules) -> list[str]:
     if rules.interval_to_keep:
         args += ["--interval-to-keep", str(rules.interval_to_keep)]
     return args
-
-
-# ---- the real janitor --------------------------------------------------------------------------
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
-    env.update(extra or {})
-    return env
-
-
-class Daemon(Janitor):
-    """A `janitor run` process (daemon_helpers.Janitor) without the test's own JANITOR_*
-    variables; stop() returns the exit code alone."""
-
-    def __init__(self, args: list[str | Path], env: dict[str, str] | None = None) -> None:
-        super().__init__(["--log-format", "json", *(str(a) for a in args)],
-                         base_env=clean_env(env), cwd=Path("/"))
-
-    def wait_event(self, name: str, timeout_s: float = 20.0, **match: Any) -> dict[str, Any]:
-        return super().wait_event(name, timeout_s, **match)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self._reader.join(5)
-
-    def stop(self, timeout_s: float = 30.0) -> int:  # type: ignore[override]
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(timeout_s)
-        self._reader.join(5)
-        return code
 
 
 def read_audit(path: Path) -> list[dict[str, Any]]:
@@ -252,28 +167,6 @@ def bind_mount(source: Path, where: Path, *, read_only: bool = False) -> Iterato
         yield where
     finally:
         unmount(where)
-
-
-def can_drop_privileges() -> bool:
-    if os.geteuid() != 0:
-        return False
-    done = subprocess.run([*NOBODY, "true"], capture_output=True, check=False)
-    return done.returncode == 0
-
-
-@contextlib.contextmanager
-def shared_dir(prefix: str) -> Iterator[Path]:
-    """A directory under /tmp that uid 65534 can reach (pytest's tmp_path is private to root)."""
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["chmod", "-R", "u+rwx", str(path)], capture_output=True, check=False)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_bench(name: str) -> Any:

@@ -1,9 +1,10 @@
 """Shared helpers for the trainer_hooks tests, and the child writer the kill tests SIGKILL.
 
-Run as a script, this module is the child: it publishes steps of many files in a loop through
-trainer_hooks (staged_step with a manifest, or save_step with torch), optionally killing itself
-with SIGKILL at its K-th filesystem operation, so the parent can check what a kill at that exact
-point leaves on disk. Imported, it offers the checker for such a tree and small utilities.
+Run as `python -m helpers.hooks` (as spawn_writer does), this module is the child: it publishes
+steps of many files in a loop through trainer_hooks (staged_step with a manifest, or save_step
+with torch), optionally killing itself with SIGKILL at its K-th filesystem operation, so the
+parent can check what a kill at that exact point leaves on disk. Imported, it offers the checker
+for such a tree and small utilities.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 from janitor import protocol
 
 MANIFEST = "manifest.json"
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+TESTS = Path(__file__).resolve().parents[1]
+REPO = TESTS.parent
 
 
 def child_env() -> dict[str, str]:
@@ -50,12 +51,14 @@ def spawn_writer(directory: Path, seed: int, *, mode: str = "staged", die_at: st
                  steps: int = 0, max_step: int = 3, files: int = 40,
                  no_renameat2: bool = False) -> subprocess.Popen[bytes]:
     """Start the child writer on `directory`; it prints 'ready' once it starts writing."""
-    args = [sys.executable, str(HERE / "hooks_helpers.py"), str(directory), "--seed", str(seed),
+    args = [sys.executable, "-m", "helpers.hooks", str(directory), "--seed", str(seed),
             "--mode", mode, "--die-at", die_at, "--steps", str(steps),
             "--max-step", str(max_step), "--files", str(files)]
     if no_renameat2:
         args.append("--no-renameat2")
-    return subprocess.Popen(args, stdout=subprocess.PIPE, env=child_env(), cwd=REPO)
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(TESTS)])  # for helpers.hooks
+    return subprocess.Popen(args, stdout=subprocess.PIPE, env=env, cwd=REPO)
 
 
 # ---- the checker -------------------------------------------------------------------------------
