@@ -25,11 +25,11 @@ from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from janitor.daemon import Daemon, DaemonConfig
 from janitor.daemon import fleet as fleet_module
+from janitor.daemon.notify import Notifier
+from janitor.daemon.watch import Target, _DirHandler
 from janitor.fs.paths import Discovery
 from janitor.model import ScanOptions
-from janitor.notify import Notifier
 from janitor.policy import Policy
-from janitor.watch import Target, _DirHandler
 
 SLOW_TIMER = ("--rescan-interval", "60")
 POLL = ("--watch", "poll", "--poll-interval", "0.2")

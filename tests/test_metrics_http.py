@@ -16,8 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from janitor.health_http import HealthServer, Liveness, parse_addr, start_server
-from janitor.metrics import Metrics
+from janitor.daemon.health_http import HealthServer, Liveness, parse_addr, start_server
+from janitor.daemon.metrics import Metrics
 
 EXPECTED_TYPES = {
     "ckpt_janitor_build_info": "gauge",

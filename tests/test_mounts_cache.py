@@ -4,6 +4,7 @@ holding a mount point whole)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -31,3 +32,28 @@ def test_a_mount_and_an_unmount_are_seen_by_the_next_read(tmp_path: Path) -> Non
     finally:
         subprocess.run(["umount", str(point)], check=True)
     assert str(point) not in mounts.mount_points()
+
+
+def test_a_forked_child_and_its_parent_each_see_every_change(tmp_path: Path) -> None:
+    """After a fork the two would share one open /proc/self/mounts, and so one change flag:
+    whichever polled first would take the change from the other."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounts.mount_table()
+    pid = os.fork()
+    if pid == 0:  # the child mounts and reads the table (taking the change, were it shared)
+        code = 1
+        try:
+            if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)],
+                              capture_output=True, check=False).returncode == 0:
+                code = 0 if str(point) in mounts.mount_points() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 1:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert str(point) in mounts.mount_points(), "the parent missed the child's mount"
+    finally:
+        subprocess.run(["umount", str(point)], check=True)

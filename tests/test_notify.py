@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from janitor.notify import Notifier
+from janitor.daemon.notify import Notifier
 
 
 @pytest.fixture

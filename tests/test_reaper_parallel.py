@@ -142,7 +142,7 @@ def test_parallel_never_crosses_a_mount_point(tmp_path: Path) -> None:
 
 
 def test_reclaimer_thread_uses_the_workers(tmp_path: Path) -> None:
-    from janitor.reclaimer import Item, Reclaimer
+    from janitor.daemon.reclaimer import Item, Reclaimer
 
     deleted: list[tuple[str, int]] = []
     reclaimer = Reclaimer(lambda directory, item, stats: deleted.append((item.trash_name,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from janitor import reclaimer
+from janitor.daemon import reclaimer
 from janitor.fs import reaper
 
 

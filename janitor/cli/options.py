@@ -322,8 +322,8 @@ class MarkerName(_WhitespaceList):
 
 
 class MetricsAddr(click.ParamType[tuple[str, int]]):
-    """`[HOST:]PORT` through janitor.health_http.parse_addr; the host is printable ASCII without
-    whitespace. Converts to (host, port)."""
+    """`[HOST:]PORT` through janitor.daemon.health_http.parse_addr; the host is printable ASCII
+    without whitespace. Converts to (host, port)."""
 
     name = "address"
 
@@ -336,7 +336,8 @@ class MetricsAddr(click.ParamType[tuple[str, int]]):
         if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
             self.fail(f"{_shown(value)}: an address is printable ASCII without whitespace",
                       param, ctx)
-        from janitor.health_http import parse_addr  # the HTTP stack only when it is asked for
+        # The HTTP stack only when it is asked for:
+        from janitor.daemon.health_http import parse_addr
 
         try:
             return parse_addr(value)

@@ -18,12 +18,12 @@ import structlog
 from janitor import exitcodes, protocol
 from janitor.daemon.config import DaemonConfig, Mode, StartupError
 from janitor.daemon.dirty import DirtySet
+from janitor.daemon.metrics import Metrics
+from janitor.daemon.watch import InotifyWatcher, Signature, Target, signature
 from janitor.fs import lock, mounts
 from janitor.fs.paths import Discovery, Stamp, directory_stamp, discover, discover_below
-from janitor.metrics import Metrics
 from janitor.ops.incremental import TrackedDirectory
 from janitor.ops.managed import ManagedDirectory
-from janitor.watch import InotifyWatcher, Signature, Target, signature
 
 log = structlog.get_logger("janitor")
 

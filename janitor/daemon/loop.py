@@ -24,15 +24,15 @@ from janitor import exitcodes
 from janitor.daemon.config import DaemonConfig, StartupError
 from janitor.daemon.dirty import DirtySet, Want
 from janitor.daemon.fleet import SENTINEL_STEPS, Fleet, Held, Node, os_error
+from janitor.daemon.health_http import HealthServer, Liveness, start_server
+from janitor.daemon.metrics import Metrics
+from janitor.daemon.notify import Notifier
+from janitor.daemon.reclaimer import Item, Reclaimer
 from janitor.daemon.recorder import PassRecorder
+from janitor.daemon.watch import signature
 from janitor.fs import lock, reaper
 from janitor.fs.paths import check_root
-from janitor.health_http import HealthServer, Liveness, start_server
-from janitor.metrics import Metrics
-from janitor.notify import Notifier
 from janitor.ops.managed import ManagedDirectory, PassResult
-from janitor.reclaimer import Item, Reclaimer
-from janitor.watch import signature
 
 log = structlog.get_logger("janitor")
 

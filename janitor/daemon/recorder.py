@@ -17,7 +17,7 @@ import structlog
 
 from janitor import protocol
 from janitor.daemon.fleet import Held
-from janitor.metrics import Metrics
+from janitor.daemon.metrics import Metrics
 from janitor.ops.incremental import RescanResult
 from janitor.ops.managed import PassResult
 from janitor.policy import Plan

@@ -28,16 +28,27 @@ class _Cached:
         self._lock = threading.Lock()
         self._table: MountTable | None = None
         self._poller: select.poll | None = None
-        self._file = None
+        self._fd = -1
+        self._pid = -1
+
+    def _open(self) -> None:
+        """One open file description per process: after a fork the parent's would share its
+        change flag with the child, and one of them would miss a change."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._poller, self._table, self._pid = -1, None, None, os.getpid()
         try:
-            self._file = open("/proc/self/mounts", "rb")  # noqa: SIM115 (held for the process)
-            self._poller = select.poll()
-            self._poller.register(self._file.fileno(), select.POLLPRI | select.POLLERR)
+            # A raw fd held for the life of the process (a file object would warn at exit).
+            self._fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self._poller = None
+            return
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLPRI | select.POLLERR)
 
     def get(self) -> MountTable:
         with self._lock:
+            if self._pid != os.getpid():
+                self._open()
             changed = self._poller is None or self._table is None or bool(self._poller.poll(0))
             if changed:
                 self._table = _parse()

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from janitor.metrics import Metrics
+from janitor.daemon.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
