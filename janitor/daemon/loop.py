@@ -298,16 +298,21 @@ class Daemon:
         if not dirty:
             return
         started = time.monotonic()
+        decided = False
         for path in sorted(dirty):
             held = self.dirs.get(path)
             if held is not None:
-                self._reconcile(path, held, dirty[path])
-        self.liveness.pass_finished(self.recorder.finished(started, self.dirs))
+                decided = self._reconcile(path, held, dirty[path]) or decided
+        if decided:
+            self.liveness.pass_finished(self.recorder.finished(started, self.dirs))
+        else:  # only echoes: alive, and nothing new for the metrics
+            self.liveness.pass_finished(time.monotonic())
         if self._rearm and not self.config.once:
             self._rearm = False
             self.fleet.arm_watches()
 
-    def _reconcile(self, path: str, held: Held, want: Want) -> None:
+    def _reconcile(self, path: str, held: Held, want: Want) -> bool:
+        """One pass over one directory; False when it decided nothing (an echo skipped)."""
         tracked = held.tracked
         if held.mode == "poll":
             # Taken before the pass reads: a marker written during this pass (our own fsyncs
@@ -315,14 +320,18 @@ class Daemon:
             held.signature = signature(path, held.polled_names())
         if not tracked.managed.still_same():
             self.dirty.rediscover()
-            return
+            return True
         try:
             if want.full:
                 result = tracked.full_pass(self._stopping)
             elif want.relist:
                 result = tracked.relist_pass(self._stopping)
             else:
-                result = tracked.changed_pass(want.names, self._stopping)
+                changed = tracked.changed_pass(want.names, self._stopping,
+                                               skip_if_unchanged=True)
+                if changed is None:
+                    return False  # an echo: nothing named changed, nothing to decide
+                result = changed
         except lock.LockHeldError as exc:
             # Our lock file was removed or replaced and another janitor locked the new one:
             # stop deleting here at once (invariant 8); the next rescan tries to adopt it again.
@@ -330,11 +339,11 @@ class Daemon:
                       action="released the directory; deleting nothing here")
             self.metrics.error("lock")
             self.fleet.release_lost(path)
-            return
+            return True
         except OSError as exc:
             log.error("reconcile_failed", directory=path, error=os_error(exc))
             self.metrics.error("reconcile")
-            return
+            return True
         held.markers = tuple(sorted(tracked.index.consumers))
         if self.config.policy.gated and self.config.options.receiver_ready:
             steps = _sentinel_steps(held, result)
@@ -350,6 +359,7 @@ class Daemon:
             items = [Item(t.trash_name, t.entry.number, reasons[t.entry.name])
                      for t in result.trashed]
             self.reclaimer.submit(path, trash_fd, items, sync_fds=(managed.fd, trash_fd))
+        return True
 
     def _reclaim_leftovers(self) -> None:
         if self.config.dry_run:

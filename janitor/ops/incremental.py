@@ -86,18 +86,28 @@ class TrackedDirectory:
         self.index = index
         return self._decide_and_execute(scanned_ns, fresh, foreign, stop)
 
-    def changed_pass(self, names: Iterable[str],
-                     stop: Callable[[], bool] | None = None) -> PassResult:
-        """Read the named children again (an event named them), then decide and execute."""
+    def changed_pass(self, names: Iterable[str], stop: Callable[[], bool] | None = None, *,
+                     skip_if_unchanged: bool = False) -> PassResult | None:
+        """Read the named children again (an event named them), then decide and execute.
+
+        With `skip_if_unchanged`, a pass whose names all read as the index already had them
+        (the echo of our own rename into the trash, a hidden temporary file, the second and
+        third events of one write) decides nothing and returns None: nothing the decision rests
+        on sends no event, and what only time changes (a partial step's grace running out) is
+        the timer's. A pass given no names always decides."""
         scanned_ns = time.time_ns()
         fresh: set[str] = set()
         foreign: list[Foreign] = []
+        changed = False
         for name in names:
             item = self._read(name)
+            changed = changed or item != self.index.get(name)
             self.index.put(name, item)
             fresh.add(name)
             if isinstance(item, Foreign):
                 foreign.append(item)
+        if skip_if_unchanged and fresh and not changed:
+            return None
         return self._decide_and_execute(scanned_ns, fresh, foreign, stop)
 
     def relist_pass(self, stop: Callable[[], bool] | None = None) -> PassResult:
@@ -105,7 +115,9 @@ class TrackedDirectory:
         names that appeared or vanished since the index last heard of them are read again."""
         listed = set(os.listdir(self.managed.fd))
         known = set(self.index.names())
-        return self.changed_pass(sorted(listed ^ known), stop)
+        result = self.changed_pass(sorted(listed ^ known), stop)
+        assert result is not None
+        return result
 
     def _decide_and_execute(self, scanned_ns: int, fresh: set[str], foreign: list[Foreign],
                             stop: Callable[[], bool] | None) -> PassResult:
