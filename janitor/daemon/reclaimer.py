@@ -51,6 +51,10 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     # Directory fds (owned, dup'ed) whose renames must be durable before any byte is freed.
     sync_fds: tuple[int, ...] = ()
+    # For a leftover job: the trash entries there when it was queued. A step the loop renames
+    # into the trash after that is reclaimed by the explicit job the loop queues for it; were the
+    # leftover job to take it (between that rename and that job), it would be "leftover".
+    present_at_submit: frozenset[str] | None = None
 
 
 Deleted = Callable[[str, Item, reaper.ReclaimStats], None]
@@ -105,7 +109,8 @@ class Reclaimer:
                     return _already_queued(directory)
                 self._leftover_queued.add(directory)
             job = Job(directory, os.dup(trash_fd), items,
-                      sync_fds=tuple(os.dup(fd) for fd in sync_fds))
+                      sync_fds=tuple(os.dup(fd) for fd in sync_fds),
+                      present_at_submit=_listing(trash_fd) if items is None else None)
             if items is not None:
                 self._claimed.update((directory, item.trash_name) for item in items)
         self._jobs.put(job)
@@ -148,6 +153,8 @@ class Reclaimer:
                 claimed = {name for directory, name in self._claimed if directory == job.directory}
             present = reaper.trash_entries(job.trash_fd)
             self._forget_gone(job.directory, set(present))
+            if job.present_at_submit is not None:
+                present = [name for name in present if name in job.present_at_submit]
             now = self._clock()
             items = [Item(name, reaper.trash_step(name), "leftover") for name in present
                      if name not in claimed and self._due(job.directory, name, now)]
@@ -208,6 +215,14 @@ class Reclaimer:
         if self._on_pending_bytes is not None and delta:
             self._pending_bytes = max(0, self._pending_bytes + delta)
             self._on_pending_bytes(self._pending_bytes)
+
+
+def _listing(trash_fd: int) -> frozenset[str] | None:
+    """The trash's entries now, or None (no limit) when it cannot be listed."""
+    try:
+        return frozenset(reaper.trash_entries(trash_fd))
+    except OSError:
+        return None
 
 
 def _already_queued(directory: str) -> Job:

@@ -33,7 +33,6 @@ from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -47,10 +46,13 @@ from janitor import protocol
 
 log = structlog.get_logger("janitor.watch")
 
-# Atomic publishes arrive as renames (moved events); in-place marker writes as modify/close.
+# Atomic publishes arrive as renames (moved events); in-place marker writes as the close that
+# ends them (IN_CLOSE_WRITE). No IN_MODIFY or IN_ATTRIB (FileModifiedEvent): each write and each
+# utime or chmod would be one more event, three threads and a pass, for nothing a pass needs: a
+# marker is read only once written and closed, and every pass reads every marker again anyway.
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileDeletedEvent,
-    FileMovedEvent, FileModifiedEvent, FileClosedEvent,
+    FileMovedEvent, FileClosedEvent,
 ]
 
 # A watch inside a step directory looks only for a sentinel appearing (created or renamed in):
