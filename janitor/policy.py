@@ -36,7 +36,7 @@ class Reason(StrEnum):
 
 DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.ABANDONED_STAGING})
 
-# One year: the longest grace any option accepts (janitor.options); a policy read back from a
+# One year: the longest grace any option accepts (janitor.cli.options); a policy read back from a
 # lock file is held to the same bound, so no recorded value can overflow the plan's arithmetic.
 MAX_PARTIAL_GRACE_S = 365 * 24 * 3600
 

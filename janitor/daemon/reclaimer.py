@@ -3,7 +3,7 @@
 Renames into the trash happen on the loop (fast, and the step leaves the listing at once); the
 slow part, unlinking hundreds of GB, happens here on one background thread, so a huge reclaim never
 delays the next reaction. That thread, and the workers of --reclaim-workers, run at idle CPU and
-I/O priority (janitor.priority): never in the trainer's way. Each job owns a dup of the trash fd,
+I/O priority (janitor.fs.priority): never in the trainer's way. Each job owns a dup of the trash fd,
 so the loop may close a directory while a job on it is still running. Reclaim is resumable: a
 killed process leaves entries in the trash and the next start reclaims them.
 
