@@ -233,3 +233,33 @@ def test_names_an_event_reported_during_a_rescan_are_not_mismatches(tmp_path: Pa
             result = tracked.advance_rescan(0.001)
         assert result.corrected == []
         assert "step_200" in tracked.index.entries and "step_199" not in tracked.index.entries
+
+
+def test_rescans_of_many_directories_hold_the_fds_of_one_at_a_time(tmp_path: Path) -> None:
+    """The timer asks every directory for a rescan at once; a daemon near its fd limit must not
+    then hold two more fds per directory: each rescan opens its own when it begins."""
+    tracked = []
+    for i in range(20):
+        directory = tmp_path / f"run{i}" / "broadcasts"
+        directory.mkdir(parents=True)
+        for n in range(300):
+            (directory / f"step_{n}").mkdir()
+        mark_loaded(directory, 0)
+        one = TrackedDirectory(ManagedDirectory(str(directory), dry_run=True, policy=Policy(),
+                                                options=ScanOptions()))
+        one.full_pass()
+        tracked.append(one)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for one in tracked:
+            one.start_rescan(0)
+        assert len(os.listdir("/proc/self/fd")) == before, "asking opens nothing"
+        most = 0
+        for one in tracked:  # the loop works through them in turn, slice by slice
+            while one.rescanning:
+                one.advance_rescan(0.0)
+                most = max(most, len(os.listdir("/proc/self/fd")) - before)
+        assert 0 < most <= 3
+    finally:
+        for one in tracked:
+            one.close()

@@ -208,16 +208,12 @@ class Daemon:
         self.dirty.full(self.fleet.discover(at_start=False))
         self.fleet.arm_watches()
         self._reclaim_leftovers()
-        for path, held in self.dirs.items():
-            try:
-                held.tracked.start_rescan()
-            except OSError as exc:
-                log.error("reconcile_failed", directory=path, error=os_error(exc))
-                self.metrics.error("reconcile")
+        for held in self.dirs.values():
+            held.tracked.start_rescan()
         self._idle_pass_finished()
 
     def _rescanning(self) -> bool:
-        return any(held.tracked.rescan is not None for held in self.dirs.values())
+        return any(held.tracked.rescanning for held in self.dirs.values())
 
     def _advance_rescans(self) -> None:
         """At most RESCAN_SLICE_S of rescanning, then back to the events. A finished rescan is
@@ -225,7 +221,7 @@ class Daemon:
         meanwhile are swept), as the timer's full pass was."""
         deadline = time.monotonic() + RESCAN_SLICE_S
         for path, held in list(self.dirs.items()):
-            if held.tracked.rescan is None:
+            if not held.tracked.rescanning:
                 continue
             left = deadline - time.monotonic()
             if left <= 0:

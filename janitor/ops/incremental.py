@@ -44,6 +44,7 @@ class TrackedDirectory:
         self.index = DirectoryIndex(managed.policy)
         self.mismatches = 0  # missed events found by rescans, over the daemon's life
         self.rescan: Rescan | None = None  # the timer's check, while it runs
+        self._rescan_quiet_ns: int | None = None  # asked for and not begun
 
     @property
     def path(self) -> str:
@@ -53,6 +54,7 @@ class TrackedDirectory:
         if self.rescan is not None:
             self.rescan.close()
             self.rescan = None
+        self._rescan_quiet_ns = None
         self.managed.close()
 
     def __enter__(self) -> TrackedDirectory:
@@ -167,14 +169,23 @@ class TrackedDirectory:
     # ---- the timer's check ----------------------------------------------------------------
 
     def start_rescan(self, quiet_ns: int = QUIET_NS) -> None:
-        """Begin the timer's check (unless one runs): see Rescan."""
+        """Ask for the timer's check (unless one is under way): see Rescan. Its fds are opened
+        at its first slice, so a daemon holding many directories has one rescan's fds open at a
+        time, not one per directory (the loop works through them in turn)."""
         if self.rescan is None:
-            self.rescan = Rescan(self, quiet_ns)
+            self._rescan_quiet_ns = quiet_ns
+
+    @property
+    def rescanning(self) -> bool:
+        return self.rescan is not None or self._rescan_quiet_ns is not None
 
     def advance_rescan(self, budget_s: float) -> RescanResult | None:
-        """Work on the running rescan for about `budget_s`; its result once it is done."""
-        assert self.rescan is not None
+        """Work on the rescan asked for for about `budget_s`; its result once it is done."""
         try:
+            if self.rescan is None:
+                assert self._rescan_quiet_ns is not None
+                quiet_ns, self._rescan_quiet_ns = self._rescan_quiet_ns, None
+                self.rescan = Rescan(self, quiet_ns)
             result = self.rescan.advance(budget_s)
         except BaseException:
             self.rescan = None
