@@ -453,7 +453,10 @@ def test_a_refusal_repeated_on_every_pass_keeps_the_daemons_fds_flat(hostile: st
         else:
             os.link(outside / "precious.bin", tree / protocol.LOCK_FILE)
             event = "directory_unmanageable"
-        daemon = Daemon(["--rescan-interval", "0.1", "--audit-log", "off", tree])
+        # Debug: a fault is logged once at its level, and each repeat at debug, which counts
+        # the passes here.
+        daemon = Daemon(["--rescan-interval", "0.1", "--audit-log", "off", "--log-level",
+                         "debug", tree])
         try:
             daemon.wait_event("ready")
             wait_until(lambda: len(daemon.named(event)) >= 5, 20.0, f"5 {event} events")

@@ -48,6 +48,7 @@ class Held:
     signature: Signature | None = None
     lag: int | None = None
     said: set[str] = field(default_factory=set)  # one-time messages already logged
+    fault: str | None = None  # why nothing can be deleted here now (logged when it began)
 
     def polled_names(self) -> tuple[str, ...]:
         """The files inside a polled managed directory whose stat the poll compares."""

@@ -20,7 +20,7 @@ import time
 import psutil
 import structlog
 
-from janitor import exitcodes
+from janitor import __version__, exitcodes
 from janitor.daemon.config import DaemonConfig, StartupError
 from janitor.daemon.dirty import DirtySet, Want
 from janitor.daemon.fleet import SENTINEL_STEPS, Fleet, Held, Node, os_error
@@ -88,8 +88,12 @@ class Daemon:
                 self._finish("once")
                 return exitcodes.EXIT_OK
             self.notifier.ready(self._status_text())
-            log.info("ready", directories=len(self.dirs), watches=self.fleet.watch_count(),
-                     dry_run=self.config.dry_run, policy=self.config.policy.describe())
+            config = self.config
+            log.info("ready", version=__version__, roots=list(config.roots),
+                     directories=len(self.dirs), watches=self.fleet.watch_count(),
+                     dry_run=config.dry_run, policy=config.policy.describe(),
+                     policy_text=str(config.policy),
+                     audit=None if config.audit is None else str(config.audit.path))
             return self._loop()
         finally:
             self._shutdown()
@@ -337,7 +341,8 @@ class Daemon:
             self.fleet.release_lost(path)
             return True
         except OSError as exc:
-            log.error("reconcile_failed", directory=path, error=os_error(exc))
+            self.recorder.fault(path, held, f"reconcile failed: {os_error(exc)}",
+                                "reconcile_failed")
             self.metrics.error("reconcile")
             return True
         held.markers = tuple(sorted(tracked.index.consumers))

@@ -43,8 +43,9 @@ class PassRecorder:
         held.lag = None if loaded is None or newest is None else max(0, newest - loaded)
         if plan.halted is not None:
             self.metrics.refused("no_valid_marker")
-            say_once(held, f"halt:{plan.halted}", "deleting_nothing", directory=path,
-                     why=plan.halted)
+            self.fault(path, held, plan.halted, "deleting_nothing")
+        else:
+            self.cleared(path, held)
         for foreign in result.snapshot.foreign:
             say_once(held, f"foreign:{foreign.name}", "foreign_entry", directory=path,
                      entry=protocol.printable(foreign.name), why=foreign.reason)
@@ -55,6 +56,23 @@ class PassRecorder:
             self.metrics.deleted(reasons[trashed.entry.name])
         if self.dry_run:
             self._would_delete(path, held, plan)
+
+    def fault(self, path: str, held: Held, why: str, event: str) -> None:
+        """A directory where nothing can be deleted: logged each time the fault begins (again
+        after a recovery, or when its reason changes), not on every pass while it lasts (each
+        repeat is a debug line)."""
+        if held.fault == why:
+            log.debug(event, directory=path, why=why, repeated=True)  # --log-level debug
+            return
+        held.fault = why
+        emit = log.error if event == "reconcile_failed" else log.warning
+        emit(event, directory=path, why=why)
+
+    def cleared(self, path: str, held: Held) -> None:
+        """A pass that could decide: a fault, if there was one, is over."""
+        if held.fault is not None:
+            log.info("resumed", directory=path, after=held.fault)
+            held.fault = None
 
     def _would_delete(self, path: str, held: Held, plan: Plan) -> None:
         """One `would_delete` event per newly doomed step, at most WOULD_DELETE_EVENTS a pass
