@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import math
 import socket
 import time
@@ -12,12 +13,16 @@ from collections.abc import Iterator
 from email.message import Message
 
 import pytest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from janitor.daemon.health_http import HealthServer, Liveness, parse_addr, start_server
 from janitor.daemon.metrics import Metrics
+
+CLASSIC_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 EXPECTED_TYPES = {
     "ckpt_janitor_build_info": "gauge",
@@ -35,6 +40,8 @@ EXPECTED_TYPES = {
     "ckpt_janitor_directories_without_valid_marker": "gauge",
     "ckpt_janitor_trash_pending_bytes": "gauge",
     "ckpt_janitor_filesystem_free_bytes": "gauge",
+    "ckpt_janitor_filesystem_avail_bytes": "gauge",
+    "ckpt_janitor_filesystem_size_bytes": "gauge",
     "ckpt_janitor_watch_mode": "gauge",
     "ckpt_janitor_watches": "gauge",
 }
@@ -44,9 +51,15 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     """Every sample of the exposition, keyed by name and sorted labels, as Prometheus parses it."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(metrics.render().decode())
-        for sample in family.samples
+        for family in text_string_to_metric_families(metrics.render()[0].decode())
+        for sample in family.samples if family.name.startswith("ckpt_janitor_")
     }
+
+
+def own_families(body: bytes) -> dict[str, str]:
+    """The janitor's own families and their types (not process_* and python_*)."""
+    return {family.name: family.type for family in text_string_to_metric_families(body.decode())
+            if family.name.startswith("ckpt_janitor_")}
 
 
 def exercised_metrics() -> Metrics:
@@ -61,14 +74,13 @@ def exercised_metrics() -> Metrics:
     metrics.reconcile_finished(duration_s=0.0003, unix_time=1_700_000_000.0)
     metrics.set_directory_lags([4, None, 1])
     metrics.set_trash_pending_bytes(10**12)
-    metrics.set_filesystem_free_bytes([5 * 10**9, 2 * 10**9])
+    metrics.set_filesystems({"/data": (5 * 10**9, 8 * 10**9), "/scratch": (2 * 10**9, 4 * 10**9)})
     metrics.set_watching({"inotify": 2, "poll": 1}, watches=7)
     return metrics
 
 
 def test_every_metric_is_exposed_with_its_type() -> None:
-    families = text_string_to_metric_families(exercised_metrics().render().decode())
-    assert {family.name: family.type for family in families} == EXPECTED_TYPES
+    assert own_families(exercised_metrics().render()[0]) == EXPECTED_TYPES
 
 
 def test_values_are_what_the_loop_reported() -> None:
@@ -89,6 +101,8 @@ def test_values_are_what_the_loop_reported() -> None:
     assert got["ckpt_janitor_directories_without_valid_marker", ()] == 1
     assert got["ckpt_janitor_trash_pending_bytes", ()] == 10**12
     assert got["ckpt_janitor_filesystem_free_bytes", ()] == 2 * 10**9
+    assert got["ckpt_janitor_filesystem_avail_bytes", (("mountpoint", "/data"),)] == 5 * 10**9
+    assert got["ckpt_janitor_filesystem_size_bytes", (("mountpoint", "/scratch"),)] == 4 * 10**9
     assert got["ckpt_janitor_watch_mode", (("mode", "inotify"),)] == 2
     assert got["ckpt_janitor_watch_mode", (("mode", "poll"),)] == 1
     assert got["ckpt_janitor_watches", ()] == 7
@@ -96,7 +110,7 @@ def test_values_are_what_the_loop_reported() -> None:
 
 def test_no_label_names_a_step_or_a_path() -> None:
     label_names = {name for _, labels in samples(exercised_metrics()) for name, _ in labels}
-    assert label_names == {"version", "reason", "kind", "le", "mode"}
+    assert label_names == {"version", "reason", "kind", "le", "mode", "mountpoint"}
 
 
 def test_unknown_values_do_not_look_like_alarms() -> None:
@@ -225,9 +239,43 @@ def request(server: HealthServer, path: str, method: str = "GET") -> tuple[int, 
 def test_metrics_endpoint_serves_the_exposition(server: HealthServer) -> None:
     status, headers, body = request(server, "/metrics")
     assert status == 200
-    assert headers["Content-Type"] == CONTENT_TYPE_LATEST
-    families = text_string_to_metric_families(body.decode())
-    assert {family.name: family.type for family in families} == EXPECTED_TYPES
+    # No Accept header: the classic text format, as prometheus_client's negotiation says.
+    assert headers["Content-Type"] == CLASSIC_TEXT
+    assert own_families(body) == EXPECTED_TYPES
+    every = {family.name for family in text_string_to_metric_families(body.decode())}
+    assert {"process_cpu_seconds", "process_open_fds", "python_info"} <= every
+
+
+def test_metrics_negotiates_openmetrics_and_gzip(server: HealthServer) -> None:
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    asked = urllib.request.Request(url, headers={
+        "Accept": "application/openmetrics-text; version=1.0.0",
+        "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(asked, timeout=5) as resp:  # noqa: S310 (http, localhost)
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert resp.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(resp.read()).decode()
+    assert text.rstrip().endswith("# EOF")
+    families = {f.name for f in openmetrics_families(text)}
+    assert "ckpt_janitor_deletions" in families and "ckpt_janitor_reclaimed_bytes" in families
+
+
+def test_every_labelled_counter_has_its_series_from_the_start() -> None:
+    got = samples(Metrics())
+    for reason in ("superseded", "abandoned-partial", "abandoned-staging"):
+        assert got["ckpt_janitor_deletions_total", (("reason", reason),)] == 0
+    for kind in ("open", "lock", "reconcile"):
+        assert got["ckpt_janitor_errors_total", (("kind", kind),)] == 0
+    assert got["ckpt_janitor_refusals_total", (("reason", "no_valid_marker"),)] == 0
+
+
+def test_a_filesystem_no_longer_managed_loses_its_series() -> None:
+    metrics = Metrics()
+    metrics.set_filesystems({"/a": (1, 2), "/b": (3, 4)})
+    metrics.set_filesystems({"/b": (5, 6)})
+    got = samples(metrics)
+    assert ("ckpt_janitor_filesystem_avail_bytes", (("mountpoint", "/a"),)) not in got
+    assert got["ckpt_janitor_filesystem_avail_bytes", (("mountpoint", "/b"),)] == 5
 
 
 def test_healthz_turns_503_once_the_deadline_passes(

@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from janitor.daemon.metrics import Metrics
 
@@ -206,8 +205,11 @@ def _handler_class(metrics: Metrics, health: HealthCheck) -> type[BaseHTTPReques
 
         def _respond(self, *, head: bool) -> None:
             path = self.path.split("?", 1)[0]
+            encoding = None
             if path == "/metrics":
-                status, content_type, body = HTTPStatus.OK, CONTENT_TYPE_LATEST, metrics.render()
+                body, content_type, encoding = metrics.render(
+                    self.headers.get("Accept"), self.headers.get("Accept-Encoding"))
+                status = HTTPStatus.OK
             elif path == "/healthz":
                 healthy, reason = health()
                 status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
@@ -218,6 +220,8 @@ def _handler_class(metrics: Metrics, health: HealthCheck) -> type[BaseHTTPReques
                 body = b"not found: try /metrics or /healthz\n"
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if encoding is not None:
+                self.send_header("Content-Encoding", encoding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if not head:

@@ -1,20 +1,34 @@
 """Prometheus metrics of the daemon, on a private registry, behind a few methods the loop calls.
 
 Names follow Prometheus conventions: prefix `ckpt_janitor_`, base units (seconds, bytes), `_total`
-on counters. Labels are small closed vocabularies only (decision reasons, error kinds, watch mode);
-never a step number or a path, which would grow the series without bound. Per-directory detail
-belongs in logs and `janitor status`; the metrics summarise over all managed directories.
+on counters. Labels are small closed vocabularies (decision reasons, error kinds, watch mode),
+each series present from the start, and the mount point of each filesystem holding a managed
+directory (bounded by the mounts); never a step number or a directory path, which would grow the
+series without bound. The process_* and python_* families of prometheus_client's own collectors
+are exported beside them. Serving negotiates OpenMetrics and gzip (`render`).
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from janitor.policy import DELETE_REASONS
 
 PREFIX = "ckpt_janitor_"
 # A reconcile of an idle directory takes well under a millisecond; a huge tree on NFS, seconds.
@@ -23,6 +37,10 @@ RECONCILE_BUCKETS_S = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 WATCH_MODES = ("inotify", "poll")
+# Every label value the daemon reports, each series present (at 0) from the start: a counter that
+# appears only at its first event hides that event from increase() and rate().
+ERROR_KINDS = ("open", "lock", "reconcile")
+REFUSAL_REASONS = ("no_valid_marker",)
 
 
 def _package_version() -> str:
@@ -72,9 +90,15 @@ class Metrics:
                                         registry=r)
         self._errors = Counter(f"{p}errors", "Errors met and survived, by kind.", ["kind"],
                                registry=r)
+        for reason in sorted(DELETE_REASONS):
+            self._deletions.labels(reason=reason.value)
+        for kind in ERROR_KINDS:
+            self._errors.labels(kind=kind)
         self._refusals = Counter(f"{p}refusals",
                                  "Reconciles of a directory that deleted nothing, by reason.",
                                  ["reason"], registry=r)
+        for why in REFUSAL_REASONS:
+            self._refusals.labels(reason=why)
         self._overflows = Counter(f"{p}inotify_overflows",
                                   "Inotify queue overflows (each forces a full reconcile).",
                                   registry=r)
@@ -98,14 +122,24 @@ class Metrics:
         self._trash_pending = Gauge(f"{p}trash_pending_bytes",
                                     "Bytes in trash waiting to be reclaimed.", registry=r)
         self._free = Gauge(f"{p}filesystem_free_bytes",
-                           "Free bytes on the fullest managed filesystem (NaN until measured).",
-                           registry=r)
+                           "Deprecated (use ckpt_janitor_filesystem_avail_bytes): free bytes on "
+                           "the fullest managed filesystem (NaN until measured).", registry=r)
+        self._avail = Gauge(f"{p}filesystem_avail_bytes", "Bytes available to the janitor on "
+                            "each filesystem holding a managed directory, by mount point.",
+                            ["mountpoint"], registry=r)
+        self._size = Gauge(f"{p}filesystem_size_bytes", "Size of each filesystem holding a "
+                           "managed directory, by mount point.", ["mountpoint"], registry=r)
+        self._mountpoints: set[str] = set()
         # NaN, not 0, until measured: a 0 would look like a full disk to an alert.
         self._free.set(math.nan)
         # A count, not a 0/1 flag: `--watch auto` may poll NFS directories and inotify-watch others.
         self._watch_mode = Gauge(f"{p}watch_mode", "Managed directories watched in each mode.",
                                  ["mode"], registry=r)
         self._watches = Gauge(f"{p}watches", "Inotify watches held (0 in poll mode).", registry=r)
+        # The process (CPU, memory, fds, start time) and the interpreter, as every exporter has.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self._exposed = _WithoutCreatedSeries(r)
 
     def deleted(self, reason: str, steps: int = 1) -> None:
@@ -154,9 +188,18 @@ class Metrics:
         """Bytes renamed into trash and not yet reclaimed, over all managed directories."""
         self._trash_pending.set(bytes_)
 
-    def set_filesystem_free_bytes(self, free_bytes: Iterable[int]) -> None:
-        """Free bytes of each managed filesystem; the gauge keeps the smallest (NaN for none)."""
-        self._free.set(min(free_bytes, default=math.nan))
+    def set_filesystems(self, sizes: Mapping[str, tuple[int, int]]) -> None:
+        """(available, total) bytes of each filesystem holding a managed directory, by its mount
+        point; a filesystem no longer holding one loses its series. The deprecated minimum is
+        kept one release."""
+        for gone in self._mountpoints - set(sizes):
+            self._avail.remove(gone)
+            self._size.remove(gone)
+        self._mountpoints = set(sizes)
+        for mountpoint, (avail, total) in sizes.items():
+            self._avail.labels(mountpoint=mountpoint).set(avail)
+            self._size.labels(mountpoint=mountpoint).set(total)
+        self._free.set(min((a for a, _ in sizes.values()), default=math.nan))
 
     def set_watching(self, directories_by_mode: Mapping[str, int], watches: int) -> None:
         """How many managed directories each mode ("inotify", "poll") covers; inotify watches held.
@@ -167,6 +210,13 @@ class Metrics:
             self._watch_mode.labels(mode=mode).set(directories_by_mode.get(mode, 0))
         self._watches.set(watches)
 
-    def render(self) -> bytes:
-        """The text exposition of every metric; serve it as CONTENT_TYPE_LATEST."""
-        return generate_latest(self._exposed)
+    def render(self, accept: str | None = None,
+               accept_encoding: str | None = None) -> tuple[bytes, str, str | None]:
+        """The exposition for a scrape's Accept and Accept-Encoding headers: (body, content type,
+        content encoding). OpenMetrics when asked for (prometheus_client's own negotiation),
+        else the classic text format; gzip when the scraper accepts it."""
+        encoder, content_type = choose_encoder(accept or "")
+        body = encoder(self._exposed)
+        if accept_encoding and "gzip" in accept_encoding.lower():
+            return gzip.compress(body), content_type, "gzip"
+        return body, content_type, None

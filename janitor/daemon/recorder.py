@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
 
 import structlog
 
 from janitor import protocol
 from janitor.daemon.fleet import Held
 from janitor.daemon.metrics import Metrics
+from janitor.fs import mounts
 from janitor.ops.incremental import RescanResult
 from janitor.ops.managed import PassResult
 from janitor.policy import Plan
@@ -93,7 +93,7 @@ class PassRecorder:
         self.last_pass_ms = (finished - started) * 1000
         self.metrics.reconcile_finished(finished - started, time.time())
         self.metrics.set_directory_lags(h.lag for h in dirs.values())
-        self.metrics.set_filesystem_free_bytes(_free_bytes(dirs))
+        self.metrics.set_filesystems(_filesystems(dirs))
         return finished
 
     def rescanned(self, path: str, result: RescanResult) -> None:
@@ -118,8 +118,14 @@ def say_once(held: Held, key: str, event: str, **fields: object) -> None:
         log.warning(event, **fields)
 
 
-def _free_bytes(dirs: dict[str, Held]) -> Iterable[int]:
+def _filesystems(dirs: dict[str, Held]) -> dict[str, tuple[int, int]]:
+    """(available, total) bytes by mount point, over the filesystems of the managed directories
+    (bounded by the mounts, never by the directories)."""
+    table = mounts.mount_table()
+    out: dict[str, tuple[int, int]] = {}
     for path in dirs:
         with contextlib.suppress(OSError):
             st = os.statvfs(path)
-            yield st.f_bavail * st.f_frsize
+            out[mounts.mount_point(path, table)] = (st.f_bavail * st.f_frsize,
+                                                     st.f_blocks * st.f_frsize)
+    return out

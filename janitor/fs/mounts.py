@@ -80,13 +80,22 @@ def mount_points_under(path: str, points: tuple[str, ...]) -> list[str]:
 
 def filesystem_type(path: str, table: tuple[tuple[str, str], ...] | None = None) -> str:
     """The type of the filesystem `path` lives on (the longest mount point that contains it)."""
+    return _containing(path, table)[1]
+
+
+def mount_point(path: str, table: tuple[tuple[str, str], ...] | None = None) -> str:
+    """The mount point of the filesystem `path` lives on ("" when none contains it)."""
+    return _containing(path, table)[0]
+
+
+def _containing(path: str, table: tuple[tuple[str, str], ...] | None) -> tuple[str, str]:
     real = os.path.realpath(path)
     best, best_type = "", "unknown"
     for point, fstype in mount_table() if table is None else table:
         inside = real == point or real.startswith(os.path.join(point, ""))
         if inside and len(point) >= len(best):
             best, best_type = point, fstype
-    return best_type
+    return best, best_type
 
 
 def is_network_fs(fstype: str) -> bool:
