@@ -143,6 +143,9 @@ def test_dry_run_logs_would_delete_and_changes_nothing(spawn: Spawn,
         daemon.wait_event("would_delete", step=step, reason="superseded")
     publish_marker(managed, 6)
     daemon.wait_event("would_delete", step=5)
+    # Info, not a warning (a dry run doing its job), and once per step over many passes.
+    assert {e["level"] for e in daemon.named("would_delete")} == {"info"}
+    assert len(daemon.named("would_delete", step=1)) == 1
     after = sorted(os.listdir(managed))
     assert after == before
     assert ".janitor.lock" not in after and ".janitor-trash" not in after

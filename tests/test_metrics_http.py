@@ -27,6 +27,7 @@ CLASSIC_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 EXPECTED_TYPES = {
     "ckpt_janitor_build_info": "gauge",
     "ckpt_janitor_deletions": "counter",
+    "ckpt_janitor_would_delete": "counter",
     "ckpt_janitor_reclaimed_bytes": "counter",
     "ckpt_janitor_reclaimed_files": "counter",
     "ckpt_janitor_errors": "counter",
@@ -66,6 +67,7 @@ def exercised_metrics() -> Metrics:
     metrics = Metrics(version="1.2.3")
     metrics.deleted("below_loaded_step", steps=3)
     metrics.deleted("below_loaded_step")
+    metrics.would_delete("superseded")
     metrics.reclaimed(bytes_=4096, files=2)
     metrics.error("scan")
     metrics.refused("marker_missing")
@@ -87,6 +89,7 @@ def test_values_are_what_the_loop_reported() -> None:
     got = samples(exercised_metrics())
     assert got["ckpt_janitor_build_info", (("version", "1.2.3"),)] == 1
     assert got["ckpt_janitor_deletions_total", (("reason", "below_loaded_step"),)] == 4
+    assert got["ckpt_janitor_would_delete_total", (("reason", "superseded"),)] == 1
     assert got["ckpt_janitor_reclaimed_bytes_total", ()] == 4096
     assert got["ckpt_janitor_reclaimed_files_total", ()] == 2
     assert got["ckpt_janitor_errors_total", (("kind", "scan"),)] == 1
@@ -264,6 +267,7 @@ def test_every_labelled_counter_has_its_series_from_the_start() -> None:
     got = samples(Metrics())
     for reason in ("superseded", "abandoned-partial", "abandoned-staging"):
         assert got["ckpt_janitor_deletions_total", (("reason", reason),)] == 0
+        assert got["ckpt_janitor_would_delete_total", (("reason", reason),)] == 0
     for kind in ("open", "lock", "reconcile"):
         assert got["ckpt_janitor_errors_total", (("kind", kind),)] == 0
     assert got["ckpt_janitor_refusals_total", (("reason", "no_valid_marker"),)] == 0

@@ -90,8 +90,12 @@ class Metrics:
                                         registry=r)
         self._errors = Counter(f"{p}errors", "Errors met and survived, by kind.", ["kind"],
                                registry=r)
+        self._would_delete = Counter(f"{p}would_delete", "Steps a dry-run daemon would have "
+                                     "moved into trash, by reason (each step once).",
+                                     ["reason"], registry=r)
         for reason in sorted(DELETE_REASONS):
             self._deletions.labels(reason=reason.value)
+            self._would_delete.labels(reason=reason.value)
         for kind in ERROR_KINDS:
             self._errors.labels(kind=kind)
         self._refusals = Counter(f"{p}refusals",
@@ -145,6 +149,10 @@ class Metrics:
     def deleted(self, reason: str, steps: int = 1) -> None:
         """Count `steps` step directories moved into trash for the policy reason `reason`."""
         self._deletions.labels(reason=reason).inc(steps)
+
+    def would_delete(self, reason: str) -> None:
+        """Count a step a dry run would have deleted, for `reason`."""
+        self._would_delete.labels(reason=reason).inc()
 
     def reclaimed(self, bytes_: int, files: int) -> None:
         """Count bytes and files freed by the reclaim worker (call per chunk, not at the end)."""

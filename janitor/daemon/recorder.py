@@ -75,17 +75,20 @@ class PassRecorder:
             held.fault = None
 
     def _would_delete(self, path: str, held: Held, plan: Plan) -> None:
-        """One `would_delete` event per newly doomed step, at most WOULD_DELETE_EVENTS a pass
-        (a first dry run over 100,000 steps must not spend its time logging), then a count."""
+        """One `would_delete` event (info: a dry run doing its job is no warning) per newly
+        doomed step, at most WOULD_DELETE_EVENTS a pass (a first dry run over 100,000 steps must
+        not spend its time logging), then a count; each is counted in would_delete_total."""
         new = [d for d in plan.doomed if f"would:{d.entry.name}" not in held.said]
+        held.said.update(f"would:{d.entry.name}" for d in new)
+        for decision in new:
+            self.metrics.would_delete(decision.reason.value)
         for decision in new[:WOULD_DELETE_EVENTS]:
-            say_once(held, f"would:{decision.entry.name}", "would_delete", directory=path,
-                     step=decision.entry.number, reason=decision.reason.value)
+            log.info("would_delete", directory=path, step=decision.entry.number,
+                     reason=decision.reason.value)
         if len(new) > WOULD_DELETE_EVENTS:
             rest = new[WOULD_DELETE_EVENTS:]
-            held.said.update(f"would:{d.entry.name}" for d in rest)
-            log.warning("would_delete_more", directory=path, steps=len(rest),
-                        first=rest[0].entry.number, last=rest[-1].entry.number)
+            log.info("would_delete_more", directory=path, steps=len(rest),
+                     first=rest[0].entry.number, last=rest[-1].entry.number)
 
     def finished(self, started: float, dirs: dict[str, Held]) -> float:
         """The passes of one loop iteration are done: their time, the lags, the free space."""
