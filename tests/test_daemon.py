@@ -273,10 +273,28 @@ def test_healthz_stays_200_while_no_managed_directory_exists_yet(spawn: Spawn,
     root.mkdir()
     daemon = spawn(str(root), "--metrics-addr", "127.0.0.1:0", "--rescan-interval", "0.2")
     ready(daemon)
+    assert daemon.wait_event("nothing_managed")["root"] == str(root)
     deadline = time.monotonic() + 1.2  # six intervals, twice the 503 threshold
     while time.monotonic() < deadline:
         status, body = daemon.http("/healthz")
         assert status == 200, body
+    assert body == f"ok; no managed directory under {root}\n"  # alive, and says it keeps nothing
+
+
+def test_steps_one_level_beyond_max_depth_are_reported_not_adopted(spawn: Spawn,
+                                                                   tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    deep = root / "team" / "run" / "broadcasts"  # depth 3
+    make_steps(deep, range(1, 4))
+    publish_marker(deep, 3)
+    daemon = spawn(str(root), "--max-depth", "2", "--metrics-addr", "127.0.0.1:0")
+    ready(daemon)
+    warned = daemon.wait_event("steps_beyond_max_depth")
+    assert warned["directory"] == str(deep) and warned["max_depth"] == 2
+    status, body = daemon.http("/healthz")
+    assert status == 200 and f"beyond --max-depth 2 in {deep}" in body
+    assert not daemon.named("directory_adopted")
+    assert set(step_numbers(deep)) == {1, 2, 3}, "never adopted, so nothing deleted"
 
 
 # ---- status and logs ---------------------------------------------------------------------------

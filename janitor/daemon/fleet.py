@@ -77,6 +77,7 @@ class Fleet:
         self.tree: dict[str, Node] = {}
         self.root_ids: dict[str, tuple[int, int] | None] = {}
         self.watcher: InotifyWatcher | None = None
+        self.beyond: set[str] = set()  # directories with steps below --max-depth (warned)
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -105,11 +106,18 @@ class Fleet:
         # The managed directories held are not listed again here (100,000 steps would block the
         # loop): their rescans list them, and `replant` looks below what those find.
         skip = frozenset() if at_start else frozenset(self.dirs)
+        beyond: set[str] = set()
         for root in self.config.roots:
             self.root_ids[root] = _identity(root)
             discovery = discover(root, self.config.max_depth, skip)
             found.extend(discovery.managed)
+            beyond.update(discovery.beyond)
             self._plant(discovery, table, old)
+            if at_start and not discovery.managed:
+                log.warning("nothing_managed", root=root, max_depth=self.config.max_depth,
+                            why="no directory holding step_* or a LOADED_STEP marker within "
+                                "--max-depth", action="watching for one to appear")
+        self._saw_beyond(beyond, replace=True)
         for path in sorted(skip - set(self.tree)):
             parent = self.tree.get(os.path.dirname(path))
             if parent is not None and path in parent.subdirs:  # still there: keep what we knew
@@ -168,7 +176,26 @@ class Fleet:
             for found in discovery.managed:
                 if found not in self.dirs and self._adopt(found, table, at_start=False):
                     adopted.add(found)
+            self._saw_beyond(set(discovery.beyond), replace=False)
         return adopted
+
+    def _saw_beyond(self, paths: set[str], *, replace: bool) -> None:
+        """Directories with steps one level below --max-depth: each warned about once."""
+        for path in sorted(paths - self.beyond):
+            log.warning("steps_beyond_max_depth", directory=path,
+                        max_depth=self.config.max_depth,
+                        action="not managed; raise --max-depth to adopt it")
+        self.beyond = paths if replace else self.beyond | paths
+
+    def health_note(self) -> str | None:
+        """What /healthz adds to "ok" when the daemon is alive but keeps nothing."""
+        if self.dirs:
+            return None
+        note = "no managed directory under " + ", ".join(self.config.roots)
+        if self.beyond:
+            note += (f" (step_* beyond --max-depth {self.config.max_depth} in "
+                     f"{protocol.printable(min(self.beyond))})")
+        return note
 
     def replant(self, path: str, subdirs: tuple[str, ...]) -> list[str]:
         """A rescan of the managed directory `path` listed these plain subdirectories: look

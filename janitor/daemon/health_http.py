@@ -45,6 +45,7 @@ class Liveness:
         self._last_progress = started_at
         self._passes = 0
         self._observer_error: str | None = None
+        self._note: str | None = None
         # check() runs on HTTP threads while the loop reports; keep each read consistent.
         self._lock = threading.Lock()
 
@@ -64,6 +65,12 @@ class Liveness:
         with self._lock:
             self._observer_error = None
 
+    def note(self, text: str | None) -> None:
+        """Something true of a live daemon that an operator must see (it keeps nothing): the
+        healthy reply says "ok; <text>"."""
+        with self._lock:
+            self._note = text
+
     def check(self, now: float) -> tuple[bool, str]:
         """(healthy, one-line reason) at monotonic time `now`."""
         with self._lock:
@@ -74,7 +81,7 @@ class Liveness:
             if silent_s > deadline_s:
                 what = "last reconcile pass" if self._passes else "start without a reconcile pass"
                 return False, f"{what} {silent_s:.1f} s ago, more than {deadline_s:g} s"
-            return True, "ok"
+            return True, "ok" if self._note is None else f"ok; {self._note}"
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -213,7 +220,7 @@ def _handler_class(metrics: Metrics, health: HealthCheck) -> type[BaseHTTPReques
             elif path == "/healthz":
                 healthy, reason = health()
                 status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
-                text = "ok" if healthy else " ".join(reason.splitlines())
+                text = " ".join(reason.splitlines())
                 content_type, body = "text/plain; charset=utf-8", f"{text}\n".encode()
             else:
                 status, content_type = HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8"

@@ -196,6 +196,7 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         """After a successful loop pass: tell systemd we are alive and what we are doing."""
+        self.liveness.note(self.fleet.health_note())
         if self.notifier.maybe_watchdog(time.monotonic()):
             self.notifier.status(self._status_text())
 

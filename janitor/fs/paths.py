@@ -69,6 +69,9 @@ class Discovery:
     managed: tuple[str, ...]
     visited: tuple[str, ...]
     visits: tuple[Visit, ...] = ()
+    # Directories one level below --max-depth that hold steps or a marker: never adopted, so
+    # said (a user who set the depth one too low would otherwise see nothing at all).
+    beyond: tuple[str, ...] = ()
 
 
 def discover(root: str, max_depth: int, skip: Container[str] = frozenset()) -> Discovery:
@@ -88,6 +91,7 @@ def discover_below(path: str, depth_left: int, known: Container[str]) -> Discove
     directories it already holds. `path` itself is always looked at; empty if it cannot be."""
     managed: list[str] = []
     visits: list[Visit] = []
+    beyond: list[str] = []
     queue: deque[tuple[str, int]] = deque([(path, depth_left)])
     while queue:
         here, left = queue.popleft()
@@ -99,8 +103,33 @@ def discover_below(path: str, depth_left: int, known: Container[str]) -> Discove
         visits.append(Visit(here, left, stamp, has_steps, subdirs))
         if has_steps:
             managed.append(here)
+        if left == 0 and len(beyond) < PEEK_BEYOND:
+            peek = sorted(names)[: PEEK_BEYOND - len(beyond)]
+            beyond.extend(p for p in (os.path.join(here, n) for n in peek) if _holds_steps(p))
         queue.extend((sub, left - 1) for sub in subdirs if sub not in known)
-    return Discovery(tuple(managed), tuple(v.path for v in visits), tuple(visits))
+    return Discovery(tuple(managed), tuple(v.path for v in visits), tuple(visits),
+                     tuple(beyond))
+
+
+# At most this many directories below --max-depth are looked into per discovery (one listing
+# each, stopped at the first step or marker), so a wide tree costs a bounded few listings.
+PEEK_BEYOND = 32
+
+
+def _holds_steps(path: str) -> bool:
+    """Whether `path` (not followed if a symlink) directly holds a `step_*` entry or a marker."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.scandir(fd) as listing:
+            return any(protocol.looks_like_step(item.name)
+                       or protocol.consumer_of(item.name) is not None for item in listing)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _look(path: str) -> tuple[Stamp, bool, list[str]]:
