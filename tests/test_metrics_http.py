@@ -42,6 +42,10 @@ EXPECTED_TYPES = {
     "ckpt_janitor_trash_pending_bytes": "gauge",
     "ckpt_janitor_filesystem_free_bytes": "gauge",
     "ckpt_janitor_filesystem_avail_bytes": "gauge",
+    "ckpt_janitor_directory_loaded_step": "gauge",
+    "ckpt_janitor_directory_newest_complete_step": "gauge",
+    "ckpt_janitor_directory_lag_steps": "gauge",
+    "ckpt_janitor_directory_marker_age_seconds": "gauge",
     "ckpt_janitor_filesystem_size_bytes": "gauge",
     "ckpt_janitor_watch_mode": "gauge",
     "ckpt_janitor_watches": "gauge",
@@ -68,6 +72,7 @@ def exercised_metrics() -> Metrics:
     metrics.deleted("below_loaded_step", steps=3)
     metrics.deleted("below_loaded_step")
     metrics.would_delete("superseded")
+    metrics.set_directory("run1/broadcasts", 7, 10, time.time() - 30)
     metrics.reclaimed(bytes_=4096, files=2)
     metrics.error("scan")
     metrics.refused("marker_missing")
@@ -113,7 +118,7 @@ def test_values_are_what_the_loop_reported() -> None:
 
 def test_no_label_names_a_step_or_a_path() -> None:
     label_names = {name for _, labels in samples(exercised_metrics()) for name, _ in labels}
-    assert label_names == {"version", "reason", "kind", "le", "mode", "mountpoint"}
+    assert label_names == {"version", "reason", "kind", "le", "mode", "mountpoint", "stream"}
 
 
 def test_unknown_values_do_not_look_like_alarms() -> None:
@@ -271,6 +276,19 @@ def test_every_labelled_counter_has_its_series_from_the_start() -> None:
     for kind in ("open", "lock", "reconcile"):
         assert got["ckpt_janitor_errors_total", (("kind", kind),)] == 0
     assert got["ckpt_janitor_refusals_total", (("reason", "no_valid_marker"),)] == 0
+
+
+def test_per_directory_gauges_and_their_removal() -> None:
+    metrics = Metrics()
+    metrics.set_directory("a", 7, 10, time.time() - 30)
+    metrics.set_directory("b", None, 4, None)
+    got = samples(metrics)
+    assert got["ckpt_janitor_directory_lag_steps", (("stream", "a"),)] == 3
+    assert 30 <= got["ckpt_janitor_directory_marker_age_seconds", (("stream", "a"),)] < 60
+    assert math.isnan(got["ckpt_janitor_directory_loaded_step", (("stream", "b"),)])
+    assert math.isnan(got["ckpt_janitor_directory_lag_steps", (("stream", "b"),)])
+    metrics.drop_directory("b")
+    assert not any(labels == (("stream", "b"),) for _, labels in samples(metrics))
 
 
 def test_a_filesystem_no_longer_managed_loses_its_series() -> None:

@@ -33,6 +33,9 @@ log = structlog.get_logger("janitor")
 # newest step). Usually the trainer is a handful of steps ahead and all of them are; a stalled
 # receiver with thousands of steps piled up above it costs no more than this.
 SENTINEL_STEPS = 16
+# Per-directory metrics carry a `stream` label; at most this many directories get one (the
+# series of a scrape stay bounded whatever the tree holds). Documented in the README.
+MAX_STREAMS = 64
 
 MountTable = tuple[tuple[str, str], ...]
 
@@ -49,6 +52,7 @@ class Held:
     lag: int | None = None
     said: set[str] = field(default_factory=set)  # one-time messages already logged
     fault: str | None = None  # why nothing can be deleted here now (logged when it began)
+    stream: str | None = None  # its label on the per-directory metrics (None: over the cap)
 
     def polled_names(self) -> tuple[str, ...]:
         """The files inside a polled managed directory whose stat the poll compares."""
@@ -78,6 +82,7 @@ class Fleet:
         self.root_ids: dict[str, tuple[int, int] | None] = {}
         self.watcher: InotifyWatcher | None = None
         self.beyond: set[str] = set()  # directories with steps below --max-depth (warned)
+        self._cap_said = False
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -232,11 +237,14 @@ class Fleet:
 
     def _release(self, path: str) -> None:
         log.info("directory_released", directory=path, why="gone or replaced")
-        self.dirs.pop(path).tracked.close()
+        self.release_lost(path)
 
     def release_lost(self, path: str) -> None:
-        """Let go of a directory whose lock another janitor now holds (invariant 8)."""
-        self.dirs.pop(path).tracked.close()
+        """Let go of a directory (gone, replaced, or locked by another janitor now)."""
+        held = self.dirs.pop(path)
+        held.tracked.close()
+        if held.stream is not None:
+            self.metrics.drop_directory(held.stream)
 
     def _mode_for(self, path: str, table: MountTable) -> Mode:
         """Poll where asked to, and with `auto` where inotify is blind to other hosts' writes."""
@@ -261,9 +269,31 @@ class Fleet:
             self.metrics.error("open")
             return False
         mode = self._mode_for(path, table)
-        self.dirs[path] = Held(TrackedDirectory(managed), mode)
+        self.dirs[path] = Held(TrackedDirectory(managed), mode, stream=self._stream_for(path))
         log.info("directory_adopted", directory=path, watch=mode)
         return True
+
+    def _stream_for(self, path: str) -> str | None:
+        """The directory's label on the per-directory metrics: its path below its root (the
+        root's own name for the root itself), unique, at most MAX_STREAMS of them; beyond the
+        cap a directory has none (said once), so the series stay bounded."""
+        taken = {held.stream for held in self.dirs.values()}
+        if len(taken - {None}) >= MAX_STREAMS:
+            if not self._cap_said:
+                self._cap_said = True
+                log.warning("metrics_stream_cap", directory=path, cap=MAX_STREAMS,
+                            action="no per-directory metrics for this and later directories")
+            return None
+        roots = [os.path.realpath(r) for r in self.config.roots]
+        base = max((r for r in roots if path == r or path.startswith(r + os.sep)), key=len,
+                   default="")
+        name = os.path.relpath(path, base) if base else path
+        name = os.path.basename(path) or path if name == "." else name
+        stream, n = protocol.printable(name), 1
+        while stream in taken:
+            n += 1
+            stream = f"{protocol.printable(name)}#{n}"
+        return stream
 
     def roots_changed(self) -> bool:
         """Whether a root was replaced or unmounted (device or inode changed)."""

@@ -10,8 +10,10 @@ are exported beside them. Serving negotiates OpenMetrics and gzip (`render`).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 
@@ -134,6 +136,20 @@ class Metrics:
         self._size = Gauge(f"{p}filesystem_size_bytes", "Size of each filesystem holding a "
                            "managed directory, by mount point.", ["mountpoint"], registry=r)
         self._mountpoints: set[str] = set()
+        # Per managed directory, labelled by stream (its path below the root, capped in count:
+        # see daemon.fleet.MAX_STREAMS); NaN where unknown (no valid marker, no step yet).
+        stream = ["stream"]
+        self._dir_loaded = Gauge(f"{p}directory_loaded_step", "Effective loaded step of a "
+                                 "managed directory (NaN while no valid marker).", stream,
+                                 registry=r)
+        self._dir_newest = Gauge(f"{p}directory_newest_complete_step", "Newest complete step "
+                                 "of a managed directory.", stream, registry=r)
+        self._dir_lag = Gauge(f"{p}directory_lag_steps", "Newest complete step minus the "
+                              "effective loaded step.", stream, registry=r)
+        self._dir_marker_age = Gauge(f"{p}directory_marker_age_seconds", "Seconds since the "
+                                     "oldest consumer marker of a managed directory was "
+                                     "written (grows while every consumer is stalled).", stream,
+                                     registry=r)
         # NaN, not 0, until measured: a 0 would look like a full disk to an alert.
         self._free.set(math.nan)
         # A count, not a 0/1 flag: `--watch auto` may poll NFS directories and inotify-watch others.
@@ -191,6 +207,26 @@ class Metrics:
         self._managed.set(len(lag_values))
         self._without_marker.set(len(lag_values) - len(valid))
         self._lag_max.set(max(valid, default=0))
+
+    def set_directory(self, stream: str, loaded: int | None, newest: int | None,
+                      marker_written_s: float | None) -> None:
+        """The per-directory gauges of one managed directory after a pass (unix times)."""
+        nan = math.nan
+        self._dir_loaded.labels(stream=stream).set(nan if loaded is None else loaded)
+        self._dir_newest.labels(stream=stream).set(nan if newest is None else newest)
+        lag = nan if loaded is None or newest is None else max(0, newest - loaded)
+        self._dir_lag.labels(stream=stream).set(lag)
+        # The age is computed at each scrape, not at the pass: a stall in which trainer and
+        # consumers all stop sends no event and runs no pass, and must still show.
+        written = marker_written_s
+        self._dir_marker_age.labels(stream=stream).set_function(
+            (lambda: nan) if written is None else (lambda: max(0.0, time.time() - written)))
+
+    def drop_directory(self, stream: str) -> None:
+        """A directory no longer held: its series go."""
+        for gauge in (self._dir_loaded, self._dir_newest, self._dir_lag, self._dir_marker_age):
+            with contextlib.suppress(KeyError):
+                gauge.remove(stream)
 
     def set_trash_pending_bytes(self, bytes_: int) -> None:
         """Bytes renamed into trash and not yet reclaimed, over all managed directories."""

@@ -41,6 +41,10 @@ class PassRecorder:
         newest = plan.newest_complete
         loaded = plan.progress.loaded_step
         held.lag = None if loaded is None or newest is None else max(0, newest - loaded)
+        if held.stream is not None:
+            marker_ns = plan.progress.marker_ns
+            self.metrics.set_directory(held.stream, loaded, newest,
+                                       None if marker_ns is None else marker_ns / 1e9)
         if plan.halted is not None:
             self.metrics.refused("no_valid_marker")
             self.fault(path, held, plan.halted, "deleting_nothing")

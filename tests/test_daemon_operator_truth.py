@@ -1,0 +1,109 @@
+"""What the daemon says is what it does: a fault that stops deletion in a directory is logged each
+time it begins (also after a recovery), a `resumed` event says when it ended, the start line says
+what the daemon runs with (version, roots, policy, audit log), and the per-directory metrics show
+each stream, its lag and a stall that sends no event."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from helpers.daemon import Spawn, publish_marker
+from helpers.tree import make_steps, step_numbers
+from helpers.wait import wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from janitor import __version__
+from janitor.daemon import fleet as fleet_module
+from janitor.daemon.config import DaemonConfig
+from janitor.daemon.dirty import DirtySet
+from janitor.daemon.fleet import Fleet
+from janitor.daemon.metrics import Metrics
+from janitor.model import ScanOptions
+from janitor.policy import Policy
+
+
+def _write_marker(directory: Path, content: bytes) -> None:
+    temporary = directory / ".LOADED_STEP.tmp"
+    temporary.write_bytes(content)
+    temporary.rename(directory / "LOADED_STEP")
+
+
+def test_a_bad_marker_is_logged_each_time_it_goes_bad_and_recovery_is_logged(
+        spawn: Spawn, tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    managed = root / "run" / "broadcasts"
+    make_steps(managed, range(1, 10))
+    publish_marker(managed, 1)
+    daemon = spawn(str(root), "--audit-log", "off")
+    ready = daemon.wait_event("ready")
+    assert ready["version"] == __version__ and ready["roots"] == [str(root)]
+    assert ready["policy_text"].startswith("gated by LOADED_STEP") and ready["audit"] is None
+
+    _write_marker(managed, b"abc")
+    first = daemon.wait_event("deleting_nothing")
+    assert "LOADED_STEP" in first["why"] and first["directory"] == str(managed)
+    publish_marker(managed, 3)
+    resumed = daemon.wait_event("resumed")
+    assert resumed["after"] == first["why"]
+    wait_until(lambda: set(step_numbers(managed)) == set(range(3, 10)), 30, "steps 1, 2 to go")
+
+    _write_marker(managed, b"abc")  # the same fault again: logged again
+    wait_until(lambda: len(daemon.named("deleting_nothing")) == 2, 10,
+               "the second fault to be logged")
+    _write_marker(managed, b"")  # another reason while it lasts: logged too
+    wait_until(lambda: len(daemon.named("deleting_nothing")) == 3, 10,
+               "the changed fault to be logged")
+    publish_marker(managed, 5)
+    wait_until(lambda: len(daemon.named("resumed")) == 2, 10, "the second recovery")
+    wait_until(lambda: set(step_numbers(managed)) == set(range(5, 10)), 30, "steps 3, 4 to go")
+    assert daemon.stop()[0] == 0
+
+
+def _gauge(body: str, name: str, stream: str) -> float:
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("stream") == stream:
+                return float(sample.value)
+    raise AssertionError(f"no {name}{{stream={stream!r}}} in the scrape")
+
+
+def test_per_directory_metrics_show_each_stream_and_a_stall_without_any_event(
+        spawn: Spawn, tmp_path: Path) -> None:
+    """Trainer and consumers both stopped: no event, no pass; the marker age still grows."""
+    root = tmp_path / "ckpt"
+    for run, loaded in (("a", 3), ("b", 5)):
+        make_steps(root / run / "broadcasts", range(1, 8))
+        publish_marker(root / run / "broadcasts", loaded)
+    daemon = spawn(str(root), "--metrics-addr", "127.0.0.1:0", "--audit-log", "off")
+    daemon.wait_event("ready")
+    body = daemon.http("/metrics")[1]
+    assert _gauge(body, "ckpt_janitor_directory_loaded_step", "a/broadcasts") == 3
+    assert _gauge(body, "ckpt_janitor_directory_lag_steps", "b/broadcasts") == 2
+    assert _gauge(body, "ckpt_janitor_directory_newest_complete_step", "b/broadcasts") == 7
+    first = _gauge(body, "ckpt_janitor_directory_marker_age_seconds", "a/broadcasts")
+    wait_until(lambda: _gauge(daemon.http("/metrics")[1],
+                              "ckpt_janitor_directory_marker_age_seconds",
+                              "a/broadcasts") >= first + 1.0, 10,
+               "the marker age to grow while nothing happens")
+    assert daemon.stop()[0] == 0
+
+
+def test_stream_labels_are_unique_relative_paths_and_capped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleet_module, "MAX_STREAMS", 3)
+    config = DaemonConfig(roots=("/ckpt", "/other"), policy=Policy(), options=ScanOptions())
+    fleet = Fleet(config, Metrics(), DirtySet())
+    try:
+        names = []
+        for i, path in enumerate(["/ckpt/a/broadcasts", "/other/a/broadcasts", "/ckpt",
+                                  "/ckpt/z"]):
+            stream = fleet._stream_for(path)
+            names.append(stream)
+            fleet.dirs[path] = SimpleNamespace(stream=stream)  # type: ignore[assignment]
+            assert i < 3 or stream is None
+        assert names == ["a/broadcasts", "a/broadcasts#2", "ckpt", None]
+    finally:
+        fleet.dirs.clear()
+        fleet.close()
