@@ -107,3 +107,20 @@ def test_stream_labels_are_unique_relative_paths_and_capped(
     finally:
         fleet.dirs.clear()
         fleet.close()
+
+
+def test_debug_logs_why_each_pass_kept_what_it_looked_at(spawn: Spawn, tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    managed = root / "run" / "broadcasts"
+    make_steps(managed, range(1, 10))
+    publish_marker(managed, 1)
+    daemon = spawn(str(root), "--log-level", "debug", "--interval-to-keep", "4")
+    daemon.wait_event("ready")
+    publish_marker(managed, 7)
+    wait_until(lambda: set(step_numbers(managed)) == {4, 7, 8, 9}, 30, "steps 1,2,3,5,6 to go")
+    summary = next(e for e in daemon.named("pass_decided") if "superseded" in e["reasons"])
+    assert summary["loaded_step"] == 7 and summary["newest_complete"] == 9
+    assert summary["steps"] == 4, "the steps the directory holds after the pass"
+    assert summary["reasons"] == {"superseded": 5}  # the five below 7 that are not multiples
+    assert summary["looked_at"] == 5, "the kept multiples and steps above were not decided"
+    assert daemon.stop()[0] == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import Counter
 
 import structlog
 
@@ -60,6 +61,12 @@ class PassRecorder:
             self.metrics.deleted(reasons[trashed.entry.name])
         if self.dry_run:
             self._would_delete(path, held, plan)
+        # --log-level debug: why this pass kept what it looked at. A pass decides only the
+        # entries that could be doomed (`looked_at`); `steps` is what the directory holds after.
+        log.debug("pass_decided", directory=path, steps=held.tracked.index.step_count,
+                  looked_at=len(plan.decisions),
+                  reasons=dict(Counter(d.reason.value for d in plan.decisions)),
+                  loaded_step=loaded, newest_complete=newest)
 
     def fault(self, path: str, held: Held, why: str, event: str) -> None:
         """A directory where nothing can be deleted: logged each time the fault begins (again
