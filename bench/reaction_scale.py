@@ -679,6 +679,9 @@ def main() -> None:
         args.rescan_publishes = 10 if args.quick else 30
     if args.ready_size is None:
         args.ready_size = max(sizes)
+    elif args.ready_size not in sizes:
+        parser.error(f"--ready-size {args.ready_size} is not one of --sizes {sizes}: the start to "
+                     "READY is measured on a tree the run builds")
     if args.interval_to_keep * (max(sizes) + 1) > 10**18:
         parser.error("--interval-to-keep too large for these sizes")
     try:
