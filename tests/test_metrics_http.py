@@ -273,7 +273,7 @@ def test_every_labelled_counter_has_its_series_from_the_start() -> None:
     for reason in ("superseded", "abandoned-partial", "abandoned-staging"):
         assert got["ckpt_janitor_deletions_total", (("reason", reason),)] == 0
         assert got["ckpt_janitor_would_delete_total", (("reason", reason),)] == 0
-    for kind in ("open", "lock", "reconcile"):
+    for kind in ("open", "lock", "reconcile", "reclaim"):
         assert got["ckpt_janitor_errors_total", (("kind", kind),)] == 0
     assert got["ckpt_janitor_refusals_total", (("reason", "no_valid_marker"),)] == 0
 

@@ -4,6 +4,7 @@ the trash a real directory, the reclaim the real one except for the entry made t
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -84,3 +85,46 @@ def test_only_one_leftover_job_per_directory_waits_in_the_queue(tmp_path: Path) 
         assert all(job.done.is_set() for job in jobs)
     finally:
         os.close(fd)
+
+
+def test_out_of_fds_a_submit_fails_whole_and_leaves_no_fd_and_no_state(tmp_path: Path) -> None:
+    """EMFILE while the job dups its fds (seen under a low RLIMIT_NOFILE with many managed
+    directories, where it crashed the daemon): the submit raises, closes what it dup'ed, and
+    records nothing, so the next leftover job for that directory is queued and runs."""
+    import resource
+
+    trash = tmp_path / "trash"
+    (trash / "3.1.1.0").mkdir(parents=True)
+    fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+    deleted: list[str] = []
+    worker = reclaimer.Reclaimer(lambda _d, item, _s: deleted.append(item.trash_name), None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_for_one_more_fd(), hard))
+        try:
+            with pytest.raises(OSError) as raised:
+                worker.submit("/tree", fd, [reclaimer.Item("3.1.1.0", 3, "superseded")],
+                              sync_fds=(fd, fd))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert raised.value.errno == errno.EMFILE
+        assert len(os.listdir("/proc/self/fd")) == before, "the dup that worked was closed"
+        worker.submit("/tree", fd, None).done.wait(30)  # a leftover job: not "already queued"
+        assert deleted == ["3.1.1.0"] and not (trash / "3.1.1.0").exists()
+    finally:
+        os.close(fd)
+
+
+def _limit_for_one_more_fd() -> int:
+    """An RLIMIT_NOFILE under which exactly one more fd can be opened (dup takes the lowest
+    free number, so the limit is the second free number)."""
+    def is_open(number: int) -> bool:
+        try:
+            os.fstat(number)
+        except OSError:
+            return False
+        return True
+
+    free = [n for n in range(4096) if not is_open(n)]
+    return free[1]

@@ -78,3 +78,27 @@ def test_check_directory_refuses_files_and_names_printably(tmp_path: Path) -> No
             os.close(fd)
     finally:
         os.close(home)
+
+
+def test_the_mount_id_is_known_even_when_fds_ran_out(tmp_path: Path) -> None:
+    """Out of fds (EMFILE), /proc/self/fdinfo cannot be opened; the statx fallback must still
+    answer, without a subprocess (ctypes.util.find_library runs one): a None here made every
+    directory read as "not on its mount" under a low RLIMIT_NOFILE."""
+    import resource
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        known = reserved.mount_id(fd)
+        assert known is not None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(fd)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no fd can be opened
+        try:
+            with pytest.raises(OSError):
+                os.close(os.dup(fd))
+            assert reserved.mount_id(fd) == known
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    finally:
+        os.close(fd)

@@ -360,7 +360,12 @@ class Daemon:
             assert trash_fd is not None
             items = [Item(t.trash_name, t.entry.number, reasons[t.entry.name])
                      for t in result.trashed]
-            self.reclaimer.submit(path, trash_fd, items, sync_fds=(managed.fd, trash_fd))
+            try:
+                self.reclaimer.submit(path, trash_fd, items, sync_fds=(managed.fd, trash_fd))
+            except OSError as exc:  # out of fds: the steps wait in the trash, whole
+                log.error("reclaim_deferred", directory=path, steps=len(items),
+                          error=os_error(exc), action="reclaimed at the next rescan")
+                self.metrics.error("reclaim")
         return True
 
     def _reclaim_leftovers(self) -> None:
@@ -368,8 +373,13 @@ class Daemon:
             return
         for path, held in self.dirs.items():
             trash_fd = _open_trash_quietly(held.tracked.managed)
-            if trash_fd is not None and reaper.trash_entries(trash_fd):
-                self.reclaimer.submit(path, trash_fd, None)
+            try:
+                if trash_fd is not None and reaper.trash_entries(trash_fd):
+                    self.reclaimer.submit(path, trash_fd, None)
+            except OSError as exc:  # out of fds, or the trash unreadable: the next rescan
+                log.error("reclaim_deferred", directory=path, error=os_error(exc),
+                          action="retrying at the next rescan")
+                self.metrics.error("reclaim")
 
     def _on_deleted(self, directory: str, item: Item, stats: reaper.ReclaimStats) -> None:
         """Called on the reclaim thread once a trashed step's bytes are freed."""

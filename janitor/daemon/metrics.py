@@ -41,7 +41,7 @@ RECONCILE_BUCKETS_S = (
 WATCH_MODES = ("inotify", "poll")
 # Every label value the daemon reports, each series present (at 0) from the start: a counter that
 # appears only at its first event hides that event from increase() and rate().
-ERROR_KINDS = ("open", "lock", "reconcile")
+ERROR_KINDS = ("open", "lock", "reconcile", "reclaim")
 REFUSAL_REASONS = ("no_valid_marker",)
 
 

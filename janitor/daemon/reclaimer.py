@@ -104,13 +104,14 @@ class Reclaimer:
         durable here, off the reconcile loop, so a slow disk never delays the next reaction.
         """
         with self._claimed_lock:
-            if items is None and not sync_fds:
-                if directory in self._leftover_queued:
-                    return _already_queued(directory)
-                self._leftover_queued.add(directory)
-            job = Job(directory, os.dup(trash_fd), items,
-                      sync_fds=tuple(os.dup(fd) for fd in sync_fds),
+            leftover = items is None and not sync_fds
+            if leftover and directory in self._leftover_queued:
+                return _already_queued(directory)
+            job = Job(directory, -1, items, sync_fds=(),
                       present_at_submit=_listing(trash_fd) if items is None else None)
+            _dup_into(job, trash_fd, sync_fds)  # OSError (EMFILE): nothing queued, no state
+            if leftover:
+                self._leftover_queued.add(directory)
             if items is not None:
                 self._claimed.update((directory, item.trash_name) for item in items)
         self._jobs.put(job)
@@ -215,6 +216,22 @@ class Reclaimer:
         if self._on_pending_bytes is not None and delta:
             self._pending_bytes = max(0, self._pending_bytes + delta)
             self._on_pending_bytes(self._pending_bytes)
+
+
+def _dup_into(job: Job, trash_fd: int, sync_fds: tuple[int, ...]) -> None:
+    """Give `job` its own dups of the fds, or none at all: when fds run out (EMFILE) the
+    ones made are closed again and the OSError goes to the caller, whose steps stay in the
+    trash for the next leftover job."""
+    made: list[int] = []
+    try:
+        made.append(os.dup(trash_fd))
+        for fd in sync_fds:
+            made.append(os.dup(fd))
+    except OSError:
+        for fd in made:
+            os.close(fd)
+        raise
+    job.trash_fd, job.sync_fds = made[0], tuple(made[1:])
 
 
 def _listing(trash_fd: int) -> frozenset[str] | None:

@@ -13,10 +13,11 @@ writes, truncates or reclaims through it (invariant 6).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import stat
+from typing import Any
 
 from janitor.protocol import printable
 
@@ -79,11 +80,22 @@ class _Statx(ctypes.Structure):
                 ("stx_mnt_id", ctypes.c_uint64), ("spare", ctypes.c_uint64 * 13))
 
 
+@functools.cache
+def _statx() -> Any:
+    """libc's statx, looked up once. Not through ctypes.util.find_library, which runs ldconfig
+    or a compiler in a subprocess: slow on every call, and failing exactly when fds run out
+    (EMFILE), which made every directory read as "not on its mount"."""
+    for name in ("libc.so.6", None):
+        try:
+            return ctypes.CDLL(name, use_errno=True).statx
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 def _statx_mount_id(fd: int) -> int | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        statx = libc.statx
-    except (OSError, AttributeError):
+    statx = _statx()
+    if statx is None:
         return None
     buf = _Statx()
     if statx(fd, b"", _AT_EMPTY_PATH, _STATX_MNT_ID, ctypes.byref(buf)) != 0:
