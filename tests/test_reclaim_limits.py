@@ -239,10 +239,12 @@ def test_the_daemon_retries_a_failing_entry_with_backoff_and_its_fds_stay_flat(
 
         wait_until(hundred_more, 60, "100 more passes", interval_s=0.05)
 
-        # Flat: a leftover job's dup'ed trash fd and a listing come and go (the old walk leaked
-        # 2 fds per retry: +130 over these 100 passes).
-        assert max(seen) - first <= 3, seen
-        assert open_fds(daemon.pid) <= first + 3
+        # Flat: fds come and go (a leftover job's dup'ed trash fd, its listings and walk, a
+        # rescan's listing, a pass reading a marker, all at once at worst) but never pile up:
+        # the old walk leaked 2 fds per retry, +130 over these 100 passes. So the peak is
+        # bounded loosely and the count must come back down to where it was.
+        assert max(seen) - first <= 8, seen
+        wait_until(lambda: open_fds(daemon.pid) <= first + 1, 10, "the fds to come back down")
         assert len(daemon.named("reclaim_failed")) == 1  # once per failure episode
         assert trash_names(tree) and trash_names(tree)[0].startswith("1.")
         assert step_numbers(tree) == [5, 6]

@@ -211,7 +211,8 @@ class Rescan:
     index name by name; names put after it began are fresher than it and skipped.
 
     Even the listing is spread: the directory is read through its own open file description
-    (a `scandir` iterator kept between slices), so 100,000 names never block one iteration.
+    (a `scandir` iterator kept between slices, the one fd a rescan holds), so 100,000 names
+    never block one iteration.
     A name present throughout is listed exactly once; one added or removed meanwhile may or may
     not be, and its event has put it anyway. Names the index holds that the listing never showed
     are read again at the end.
@@ -222,9 +223,14 @@ class Rescan:
         self.quiet_ns = quiet_ns
         self.started_ns = time.time_ns()
         self.since_seq = tracked.index.seq
-        self._fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                           dir_fd=tracked.managed.fd)
-        self._listing: Iterator[os.DirEntry[str]] | None = os.scandir(self._fd)
+        # One fd while it runs: the scandir iterator's own dup of a new open file description
+        # (its offset is not the managed fd's, which the passes list meanwhile).
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                     dir_fd=tracked.managed.fd)
+        try:
+            self._listing: Iterator[os.DirEntry[str]] | None = os.scandir(fd)
+        finally:
+            os.close(fd)
         self.listed: set[str] = set()
         self.subdirs: list[str] = []
         self.corrected: list[Mismatch] = []
@@ -235,9 +241,6 @@ class Rescan:
             self._listing.close()  # type: ignore[attr-defined]
             self._listing = None
         self._held = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
     def advance(self, budget_s: float) -> RescanResult | None:
         """Check names for about `budget_s` seconds; the result once every name was checked."""
@@ -280,7 +283,7 @@ class Rescan:
             if count % 1024 == 0 and time.monotonic() >= deadline:
                 return None
         index.forget_untouched(self.since_seq)
-        st = os.fstat(self._fd)
+        st = os.fstat(tracked.managed.fd)  # the same directory: its times, now
         self.close()
         quiet = max(st.st_mtime_ns, st.st_ctime_ns) < self.started_ns - self.quiet_ns
         if quiet:
