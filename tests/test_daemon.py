@@ -238,7 +238,7 @@ def test_metrics_name_the_deletion_and_its_reason(spawn: Spawn, tree: tuple[Path
     assert parse_metric(body, "ckpt_janitor_managed_directories") == 1
     assert parse_metric(body, "ckpt_janitor_loaded_step_lag_steps_max") == 6
     assert parse_metric(body, "ckpt_janitor_watches") >= 3  # root, run, broadcasts
-    assert parse_metric(body, "ckpt_janitor_watch_mode", {"mode": "inotify"}) == 1
+    assert parse_metric(body, "ckpt_janitor_directories_watched", {"mode": "inotify"}) == 1
     assert parse_metric(body, "ckpt_janitor_inotify_overflows_total") == 0
     for name in ("ckpt_janitor_reconcile_duration_seconds_count",
                  "ckpt_janitor_last_reconcile_timestamp_seconds",

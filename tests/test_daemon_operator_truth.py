@@ -5,6 +5,7 @@ each stream, its lag and a stall that sends no event."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -123,4 +124,43 @@ def test_debug_logs_why_each_pass_kept_what_it_looked_at(spawn: Spawn, tmp_path:
     assert summary["steps"] == 4, "the steps the directory holds after the pass"
     assert summary["reasons"] == {"superseded": 5}  # the five below 7 that are not multiples
     assert summary["looked_at"] == 5, "the kept multiples and steps above were not decided"
+    assert daemon.stop()[0] == 0
+
+
+def _du(directory: Path) -> int:
+    """Bytes on disk of every step directory below `directory` (what removing them frees)."""
+    total = 0
+    for step in directory.glob("step_*"):
+        for base, dirs, files in os.walk(step):
+            total += sum(os.lstat(os.path.join(base, n)).st_blocks * 512 for n in dirs + files)
+        total += os.lstat(step).st_blocks * 512
+    return total
+
+
+def test_directory_bytes_follow_the_steps_and_trash_bytes_drain(
+        spawn: Spawn, tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    managed = root / "run" / "broadcasts"
+    make_steps(managed, range(1, 8), files=3)
+    for step in managed.glob("step_*"):
+        (step / "weights.bin").write_bytes(os.urandom(256 * 1024))
+    publish_marker(managed, 1)
+    daemon = spawn(str(root), "--metrics-addr", "127.0.0.1:0", "--audit-log", "off")
+    daemon.wait_event("ready")
+
+    def gauge(name: str) -> float:
+        return _gauge(daemon.http("/metrics")[1], name, "run/broadcasts")
+
+    wait_until(lambda: gauge("ckpt_janitor_directory_bytes") == _du(managed), 10,
+               "the directory's bytes to be measured")
+    before = _du(managed)
+    assert before > 7 * 256 * 1024
+    make_steps(managed, [8], files=1)
+    publish_marker(managed, 6)
+    wait_until(lambda: step_numbers(managed) == [6, 7, 8], 10, "steps 1-5 to go")
+    wait_until(lambda: gauge("ckpt_janitor_directory_bytes") == _du(managed), 10,
+               "the bytes to follow the deletions and the new step")
+    assert gauge("ckpt_janitor_directory_bytes") < before
+    wait_until(lambda: gauge("ckpt_janitor_directory_trash_bytes") == 0, 10,
+               "the trash to drain")
     assert daemon.stop()[0] == 0

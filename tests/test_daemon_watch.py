@@ -155,7 +155,7 @@ def test_poll_mode_works_without_inotify(spawn: Spawn, tmp_path: Path) -> None:
     assert inotify_instances(daemon.pid) == 0, "poll mode opens no inotify instance"
     assert inotify_watches(daemon.pid) == 0
     assert daemon.metric("ckpt_janitor_watches") == 0
-    assert daemon.metric("ckpt_janitor_watch_mode", mode="poll") == 1
+    assert daemon.metric("ckpt_janitor_directories_watched", mode="poll") == 1
     publish_marker(managed, 4)
     wait_until(lambda: set(step_numbers(managed)) == set(range(4, 10)), 10, "a rename to be polled")
     write_marker_in_place(managed, 6)  # only the marker's own mtime changes

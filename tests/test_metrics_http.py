@@ -47,6 +47,10 @@ EXPECTED_TYPES = {
     "ckpt_janitor_directory_lag_steps": "gauge",
     "ckpt_janitor_directory_marker_age_seconds": "gauge",
     "ckpt_janitor_filesystem_size_bytes": "gauge",
+    "ckpt_janitor_directory_bytes": "gauge",
+    "ckpt_janitor_directory_trash_bytes": "gauge",
+    "ckpt_janitor_standby_directories": "gauge",
+    "ckpt_janitor_directories_watched": "gauge",
     "ckpt_janitor_watch_mode": "gauge",
     "ckpt_janitor_watches": "gauge",
 }
@@ -81,6 +85,9 @@ def exercised_metrics() -> Metrics:
     metrics.reconcile_finished(duration_s=0.0003, unix_time=1_700_000_000.0)
     metrics.set_directory_lags([4, None, 1])
     metrics.set_trash_pending_bytes(10**12)
+    metrics.set_directory_bytes("run1/broadcasts", 3 * 10**9)
+    metrics.set_directory_trash_bytes("run1/broadcasts", 10**9)
+    metrics.set_standby(2)
     metrics.set_filesystems({"/data": (5 * 10**9, 8 * 10**9), "/scratch": (2 * 10**9, 4 * 10**9)})
     metrics.set_watching({"inotify": 2, "poll": 1}, watches=7)
     return metrics
@@ -111,8 +118,13 @@ def test_values_are_what_the_loop_reported() -> None:
     assert got["ckpt_janitor_filesystem_free_bytes", ()] == 2 * 10**9
     assert got["ckpt_janitor_filesystem_avail_bytes", (("mountpoint", "/data"),)] == 5 * 10**9
     assert got["ckpt_janitor_filesystem_size_bytes", (("mountpoint", "/scratch"),)] == 4 * 10**9
-    assert got["ckpt_janitor_watch_mode", (("mode", "inotify"),)] == 2
+    assert got["ckpt_janitor_directories_watched", (("mode", "inotify"),)] == 2
+    assert got["ckpt_janitor_directories_watched", (("mode", "poll"),)] == 1
+    # The deprecated name carries the same count for one release.
     assert got["ckpt_janitor_watch_mode", (("mode", "poll"),)] == 1
+    assert got["ckpt_janitor_directory_bytes", (("stream", "run1/broadcasts"),)] == 3 * 10**9
+    assert got["ckpt_janitor_directory_trash_bytes", (("stream", "run1/broadcasts"),)] == 10**9
+    assert got["ckpt_janitor_standby_directories", ()] == 2
     assert got["ckpt_janitor_watches", ()] == 7
 
 
@@ -131,7 +143,7 @@ def test_unknown_values_do_not_look_like_alarms() -> None:
     got = samples(metrics)
     assert got["ckpt_janitor_loaded_step_lag_steps_max", ()] == 0
     assert got["ckpt_janitor_directories_without_valid_marker", ()] == 2
-    assert got["ckpt_janitor_watch_mode", (("mode", "inotify"),)] == 0
+    assert got["ckpt_janitor_directories_watched", (("mode", "inotify"),)] == 0
 
 
 def test_each_instance_has_a_private_registry() -> None:
@@ -282,6 +294,8 @@ def test_per_directory_gauges_and_their_removal() -> None:
     metrics = Metrics()
     metrics.set_directory("a", 7, 10, time.time() - 30)
     metrics.set_directory("b", None, 4, None)
+    metrics.set_directory_bytes("b", 10)
+    metrics.set_directory_trash_bytes("b", 5)
     got = samples(metrics)
     assert got["ckpt_janitor_directory_lag_steps", (("stream", "a"),)] == 3
     assert 30 <= got["ckpt_janitor_directory_marker_age_seconds", (("stream", "a"),)] < 60

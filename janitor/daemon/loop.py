@@ -24,6 +24,7 @@ from janitor import __version__, exitcodes
 from janitor.daemon.config import DaemonConfig, StartupError
 from janitor.daemon.dirty import DirtySet, Want
 from janitor.daemon.fleet import SENTINEL_STEPS, Fleet, Held, Node, os_error
+from janitor.daemon.footprint import Footprint
 from janitor.daemon.health_http import HealthServer, Liveness, start_server
 from janitor.daemon.metrics import Metrics
 from janitor.daemon.notify import Notifier
@@ -32,6 +33,7 @@ from janitor.daemon.recorder import PassRecorder
 from janitor.daemon.watch import signature
 from janitor.fs import lock, reaper
 from janitor.fs.paths import check_root
+from janitor.index import DirectoryIndex
 from janitor.ops.managed import ManagedDirectory, PassResult
 
 log = structlog.get_logger("janitor")
@@ -57,9 +59,10 @@ class Daemon:
         self._pid_watch: psutil.Process | None = None
         self._deleted_steps = 0
         self._rearm = False
-        self.reclaimer = Reclaimer(self._on_deleted,
-                                   self.metrics.set_trash_pending_bytes
-                                   if config.metrics_addr else None,
+        # Sizes are measured only when someone can read them (the metrics are served).
+        served = config.metrics_addr is not None
+        self.footprint = Footprint(self._publish_bytes) if served else None
+        self.reclaimer = Reclaimer(self._on_deleted, self._publish_trash if served else None,
                                    workers=config.reclaim_workers)
 
     @property
@@ -154,7 +157,8 @@ class Daemon:
             deadlines = [next_rescan, now + self._heartbeat_s()]
             if self.fleet.polling():
                 deadlines.append(next_poll)
-            timeout = 0.0 if self._rescanning() else min(deadlines) - time.monotonic()
+            busy = self._rescanning() or (self.footprint is not None and self.footprint.pending)
+            timeout = 0.0 if busy else min(deadlines) - time.monotonic()
             self.dirty.wait(max(0.0, timeout))
             if self._stopping():
                 break
@@ -172,6 +176,7 @@ class Daemon:
             self._check_watcher()
             self._reconcile_dirty()
             self._advance_rescans()
+            self._advance_footprint()
             self._heartbeat()
         self.notifier.stopping()
         log.info("stopping", signal=signal.Signals(self._stop_signal or 0).name)
@@ -240,6 +245,8 @@ class Daemon:
             if result is None:
                 return
             self.recorder.rescanned(path, result)
+            if self.footprint is not None:
+                self.footprint.refresh(path, held.tracked.index)
             _freeze()
             self.dirty.touch([path])
             self.dirty.full(self.fleet.replant(path, result.subdirs))
@@ -354,6 +361,7 @@ class Daemon:
                 self._rearm = self._rearm or held.mode == "inotify"
         reasons = {d.entry.name: d.reason.value for d in result.plan.doomed}
         self.recorder.record(path, held, result, reasons)
+        self._measure(path, held, want, result)
         if result.trashed:
             managed = tracked.managed
             trash_fd = managed.trash_fd(create=False)
@@ -367,6 +375,44 @@ class Daemon:
                           error=os_error(exc), action="reclaimed at the next rescan")
                 self.metrics.error("reclaim")
         return True
+
+    # ---- sizes (only when metrics are served) ----------------------------------------------
+
+    def _measure(self, path: str, held: Held, want: Want, result: PassResult) -> None:
+        """What a pass changed, for the per-directory bytes: a full or relisting pass (or a
+        directory new to it) is compared whole, an event's pass only by the names it read."""
+        footprint = self.footprint
+        if footprint is None:
+            return
+        index = held.tracked.index
+        if want.full or want.relist or not footprint.known(path):
+            footprint.refresh(path, index)
+        else:
+            footprint.touch(path, want.names, index)
+        if result.trashed:
+            footprint.removed(path, [t.entry.name for t in result.trashed])
+
+    def _advance_footprint(self) -> None:
+        if self.footprint is None or not self.footprint.pending:
+            return
+
+        def held(path: str) -> tuple[int, DirectoryIndex] | None:
+            found = self.dirs.get(path)
+            return None if found is None else (found.tracked.managed.fd, found.tracked.index)
+
+        self.footprint.advance(held, RESCAN_SLICE_S / 2)
+
+    def _publish_bytes(self, path: str, bytes_: int) -> None:
+        held = self.dirs.get(path)
+        if held is not None and held.stream is not None:
+            self.metrics.set_directory_bytes(held.stream, bytes_)
+
+    def _publish_trash(self, path: str, bytes_: int, total: int) -> None:
+        """Called on the reclaim thread: trash bytes of one directory and of all of them."""
+        self.metrics.set_trash_pending_bytes(total)
+        held = self.dirs.get(path)
+        if held is not None and held.stream is not None:
+            self.metrics.set_directory_trash_bytes(held.stream, bytes_)
 
     def _reclaim_leftovers(self) -> None:
         if self.config.dry_run:

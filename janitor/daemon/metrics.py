@@ -150,11 +150,25 @@ class Metrics:
                                      "oldest consumer marker of a managed directory was "
                                      "written (grows while every consumer is stalled).", stream,
                                      registry=r)
+        self._dir_bytes = Gauge(f"{p}directory_bytes", "Bytes held by the step (and staging) "
+                                "directories of a managed directory, measured once per step "
+                                "off the reaction path.", stream, registry=r)
+        self._dir_trash = Gauge(f"{p}directory_trash_bytes", "Bytes in a managed directory's "
+                                "trash waiting to be reclaimed.", stream, registry=r)
+        self._per_directory = (self._dir_loaded, self._dir_newest, self._dir_lag,
+                               self._dir_marker_age, self._dir_bytes, self._dir_trash)
+        self._standby = Gauge(f"{p}standby_directories", "Managed directories another janitor "
+                              "holds, which this one (--standby) waits to take over.",
+                              registry=r)
         # NaN, not 0, until measured: a 0 would look like a full disk to an alert.
         self._free.set(math.nan)
         # A count, not a 0/1 flag: `--watch auto` may poll NFS directories and inotify-watch others.
-        self._watch_mode = Gauge(f"{p}watch_mode", "Managed directories watched in each mode.",
-                                 ["mode"], registry=r)
+        self._watched = Gauge(f"{p}directories_watched", "Managed directories watched in each "
+                              "mode (inotify, or polled where inotify is blind).", ["mode"],
+                              registry=r)
+        self._watch_mode = Gauge(f"{p}watch_mode", "Deprecated (use ckpt_janitor_directories_"
+                                 "watched, the same count under a name that says so); goes in "
+                                 "the next release.", ["mode"], registry=r)
         self._watches = Gauge(f"{p}watches", "Inotify watches held (0 in poll mode).", registry=r)
         # The process (CPU, memory, fds, start time) and the interpreter, as every exporter has.
         ProcessCollector(registry=r)
@@ -224,9 +238,21 @@ class Metrics:
 
     def drop_directory(self, stream: str) -> None:
         """A directory no longer held: its series go."""
-        for gauge in (self._dir_loaded, self._dir_newest, self._dir_lag, self._dir_marker_age):
+        for gauge in self._per_directory:
             with contextlib.suppress(KeyError):
                 gauge.remove(stream)
+
+    def set_directory_bytes(self, stream: str, bytes_: int) -> None:
+        """What a managed directory's steps hold (daemon.footprint)."""
+        self._dir_bytes.labels(stream=stream).set(bytes_)
+
+    def set_directory_trash_bytes(self, stream: str, bytes_: int) -> None:
+        """What waits in a managed directory's trash."""
+        self._dir_trash.labels(stream=stream).set(bytes_)
+
+    def set_standby(self, directories: int) -> None:
+        """How many managed directories wait for another janitor's lock (--standby)."""
+        self._standby.set(directories)
 
     def set_trash_pending_bytes(self, bytes_: int) -> None:
         """Bytes renamed into trash and not yet reclaimed, over all managed directories."""
@@ -251,7 +277,9 @@ class Metrics:
         Modes left out are set to 0, so a directory that moved from inotify to polling shows up.
         """
         for mode in {*WATCH_MODES, *directories_by_mode}:
-            self._watch_mode.labels(mode=mode).set(directories_by_mode.get(mode, 0))
+            count = directories_by_mode.get(mode, 0)
+            self._watched.labels(mode=mode).set(count)
+            self._watch_mode.labels(mode=mode).set(count)
         self._watches.set(watches)
 
     def render(self, accept: str | None = None,

@@ -58,6 +58,8 @@ class Job:
 
 
 Deleted = Callable[[str, Item, reaper.ReclaimStats], None]
+# Trash bytes not yet reclaimed: (directory, its bytes, every directory's bytes).
+Pending = Callable[[str, int, int], None]
 
 
 @dataclass(slots=True)
@@ -72,7 +74,7 @@ class _Retry:
 class Reclaimer:
     """One background thread working through reclaim jobs in order."""
 
-    def __init__(self, on_deleted: Deleted, on_pending_bytes: Callable[[int], None] | None,
+    def __init__(self, on_deleted: Deleted, on_pending_bytes: Pending | None,
                  workers: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         if workers < 1:
             raise ValueError(f"reclaim workers must be >= 1, got {workers}")
@@ -81,7 +83,7 @@ class Reclaimer:
         self._jobs: queue.Queue[Job] = queue.Queue()
         self._on_deleted = on_deleted
         self._on_pending_bytes = on_pending_bytes
-        self._pending_bytes = 0
+        self._pending_bytes: dict[str, int] = {}  # by directory
         # (directory, trash name) of every item queued in an explicit job: a leftover job ("all
         # of the trash", queued by a rescan) skips them, or a step trashed after the leftover job
         # was queued would be reclaimed and reported twice (once as "leftover").
@@ -163,7 +165,7 @@ class Reclaimer:
         for item in items:
             stats = reaper.reclaim(job.trash_fd, [item.trash_name], workers=self._workers,
                                    idle=True)
-            self._add_pending(-sizes.get(item.trash_name, 0))
+            self._add_pending(job.directory, -sizes.get(item.trash_name, 0))
             if stats.pending or stats.problems:
                 self._failed(job.directory, item, stats)
             else:
@@ -209,13 +211,14 @@ class Reclaimer:
         if self._on_pending_bytes is None:
             return {}
         sizes = {item.trash_name: tree_size(job.trash_fd, item.trash_name) for item in items}
-        self._add_pending(sum(sizes.values()))
+        self._add_pending(job.directory, sum(sizes.values()))
         return sizes
 
-    def _add_pending(self, delta: int) -> None:
+    def _add_pending(self, directory: str, delta: int) -> None:
         if self._on_pending_bytes is not None and delta:
-            self._pending_bytes = max(0, self._pending_bytes + delta)
-            self._on_pending_bytes(self._pending_bytes)
+            pending = self._pending_bytes
+            pending[directory] = max(0, pending.get(directory, 0) + delta)
+            self._on_pending_bytes(directory, pending[directory], sum(pending.values()))
 
 
 def _dup_into(job: Job, trash_fd: int, sync_fds: tuple[int, ...]) -> None:

@@ -115,13 +115,17 @@ class _Observer(InotifyObserver):
     """watchdog's InotifyObserver (its own inotify instance) with our emitter class."""
 
     def __init__(self, emitter_class: type[_Emitter], timeout: float) -> None:
-        self._inotify_fd = InotifyFD()
-        self._inotify_fd.daemon = True
-        self._inotify_fd.start()
-        BaseObserver.__init__(self, emitter_class, timeout=timeout, inotify_fd=self._inotify_fd)
+        # Our own reader from the start (watchdog 7.1.1 would allocate one at the first watch;
+        # earlier releases share one per process): the same attribute name either way.
+        reader = InotifyFD()
+        reader.daemon = True
+        reader.start()
+        self._inotify_fd = reader
+        BaseObserver.__init__(self, emitter_class, timeout=timeout, inotify_fd=reader)
 
     def reader_alive(self) -> bool:
-        return bool(self._inotify_fd.is_alive())
+        reader = self._inotify_fd
+        return reader is not None and bool(reader.is_alive())
 
 
 class _DirHandler(FileSystemEventHandler):
