@@ -30,13 +30,31 @@ need kubectl "apt-get install kubernetes-client"
 printf '#!/bin/sh\nexit 0\n' >"$tmp/janitor"
 chmod +x "$tmp/janitor"
 mkdir "$tmp/units"
-for unit in systemd/ckpt-janitor.service systemd/ckpt-janitor@.service; do
-    grep -q '^ExecStart=/opt/ckpt-janitor/bin/janitor run' "$unit" \
-        || fail "$unit: ExecStart is not /opt/ckpt-janitor/bin/janitor run (the gates and docs assume it)"
+# Every unit shipped in systemd/, services and timers: a new one is gated without editing this.
+mapfile -t units < <(ls systemd/*.service systemd/*.timer 2>/dev/null)
+mapfile -t services < <(ls systemd/*.service 2>/dev/null)
+[ "${#services[@]}" -gt 0 ] || fail "no systemd/*.service found"
+for unit in "${units[@]}"; do
+    if [[ $unit == *.service ]]; then
+        grep -Eq '^ExecStart=/opt/ckpt-janitor/bin/janitor (run|sweep)( |$)' "$unit" \
+            || fail "$unit: ExecStart is not /opt/ckpt-janitor/bin/janitor run|sweep (the gates and docs assume it)"
+        # sweep exits 3 when it deleted: a unit that runs it must count that as success.
+        if grep -q '^ExecStart=.*janitor sweep' "$unit" && ! grep -Eq '^SuccessExitStatus=(.* )?3( |$)' "$unit"; then
+            fail "$unit runs janitor sweep without SuccessExitStatus=3 (every sweep that deletes would fail the unit)"
+        fi
+    else
+        # A timer starts the service of its own name (no Unit=): that service must be shipped too.
+        triggered=$(sed -n 's/^Unit=//p' "$unit")
+        triggered=${triggered:-$(basename "${unit%.timer}").service}
+        [ -f "systemd/$triggered" ] || fail "$unit starts $triggered, which systemd/ does not ship"
+    fi
     sed "s|/opt/ckpt-janitor/bin/janitor|$tmp/janitor|" "$unit" >"$tmp/units/$(basename "$unit")"
 done
-# The template is checked through an instance (systemd-escape --path /srv/checkpoints/run1).
-for name in ckpt-janitor.service ckpt-janitor@srv-checkpoints-run1.service; do
+# A template (name@.type) is checked through an instance (systemd-escape --path /srv/checkpoints/run1).
+instance=srv-checkpoints-run1
+for unit in "${units[@]}"; do
+    name=$(basename "$unit")
+    name=${name/@./@$instance.}
     if ! (cd "$tmp/units" && systemd-analyze verify --man=no "./$name") >"$tmp/verify.out" 2>&1; then
         fail "systemd-analyze verify $name exited non-zero:"; cat "$tmp/verify.out" >&2
     elif [ -s "$tmp/verify.out" ]; then
@@ -44,10 +62,9 @@ for name in ckpt-janitor.service ckpt-janitor@srv-checkpoints-run1.service; do
     else
         ok "systemd-analyze verify $name: clean"
     fi
+    [[ $name == *.service ]] || continue
     # Exposure on the units as shipped (offline analysis does not need the binary).
-    src=systemd/ckpt-janitor.service
-    [[ $name == *@* ]] && src=systemd/ckpt-janitor@.service
-    cp "$src" "$tmp/$name"
+    cp "$unit" "$tmp/$name"
     systemd-analyze security --offline=yes --no-pager "$tmp/$name" >"$tmp/security.out" 2>&1 || true
     level=$(sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p' "$tmp/security.out")
     if [ -z "$level" ]; then
@@ -58,11 +75,12 @@ for name in ckpt-janitor.service ckpt-janitor@srv-checkpoints-run1.service; do
         ok "systemd-analyze security $name: exposure $level (max $max_exposure)"
     fi
 done
-# Priority (issue 11): the reclaim thread lowers itself; nothing may lower the whole daemon (its
-# reactions would slow too), and the syscall filter must let the thread lower itself.
-for unit in systemd/ckpt-janitor.service systemd/ckpt-janitor@.service; do
+# Priority (issue 11): the reclaim thread lowers itself; nothing may lower the whole process (the
+# daemon's reactions, a sweep's renames would slow too), and the syscall filter must let the
+# thread lower itself.
+for unit in "${services[@]}"; do
     if grep -Eq '^(Nice|CPUSchedulingPolicy|IOSchedulingClass|IOSchedulingPriority)=' "$unit"; then
-        fail "$unit lowers the whole daemon's priority (Nice=, CPUSchedulingPolicy=, IOScheduling*=)"
+        fail "$unit lowers the whole process's priority (Nice=, CPUSchedulingPolicy=, IOScheduling*=)"
     elif ! grep -Eq '^SystemCallFilter=sched_setscheduler setpriority ioprio_set$' "$unit"; then
         fail "$unit: the syscall filter does not let the reclaim thread lower its own priority"
     else

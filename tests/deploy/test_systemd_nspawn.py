@@ -3,7 +3,9 @@
 The unit file systemd/ckpt-janitor.service is installed unchanged; a drop-in only shortens the
 watchdog and restart delays and sets the test-only fault switch. The checkpoint tree and a second
 managed directory outside ReadWritePaths are host directories bound into the container, so the
-test inspects them directly. Needs root; skips only where nspawn cannot run at all.
+test inspects them directly. The one-shot sweep template and its timer
+(ckpt-janitor-sweep@.service/.timer) run on a third bound tree, which no daemon manages. Needs
+root; skips only where nspawn cannot run at all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ UNIT = "ckpt-janitor.service"
 TEMPLATE = "ckpt-janitor@.service"
 TREE = "/srv/checkpoints"  # the unit's ReadWritePaths= and RequiresMountsFor=
 OTHER = "/srv/other"  # a managed directory the unit may read but not write
+SWEPT = "/srv/swept"  # the tree of the sweep timer's instance (no daemon runs on it)
+SWEEP_SERVICE = "ckpt-janitor-sweep@.service"
+SWEEP_TIMER = "ckpt-janitor-sweep@.timer"
 HANG_FILE = "/run/ckpt-janitor-test/hang"
 WATCHDOG_S = 4
 VENV = "/opt/ckpt-janitor"  # where the unit's ExecStart points
@@ -75,6 +80,7 @@ class Service:
     container: harness.Container
     tree: Path  # host side of TREE
     other: Path  # host side of OTHER
+    swept: Path  # host side of SWEPT
     start_seconds: float = 0.0
     state_after_start: dict[str, str] = field(default_factory=dict)
     steps_after_start: set[str] = field(default_factory=set)
@@ -112,14 +118,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     except harness.NspawnUnavailableError as why:
         pytest.skip(f"systemd-nspawn cannot run here: {why}")
     work = tmp_path_factory.mktemp("nspawn")
-    wheels, tree, other = work / "wheels", work / "tree", work / "other"
-    for path in (wheels, tree, other):
+    wheels, tree, other, swept = (work / name for name in ("wheels", "tree", "other", "swept"))
+    for path in (wheels, tree, other, swept):
         path.mkdir()
         path.chmod(0o755)
     started = time.monotonic()
     harness.build_wheels(wheels)
     binds = [(harness.REPO, REPO_IN_CONTAINER, True), (wheels, WHEELS_IN_CONTAINER, True),
-             (tree, TREE, False), (other, OTHER, False)]
+             (tree, TREE, False), (other, OTHER, False), (swept, SWEPT, False)]
     with harness.booted(binds, work) as container:
         harness.log(f"booted in {time.monotonic() - started:.0f} s (wheels included)")
         run = container.run
@@ -138,14 +144,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         make_stream(other / "broadcasts", range(1, 4), loaded=3, gid=gid)
         os.chown(tree, 0, gid)
         tree.chmod(0o2775)
-        for unit in (UNIT, TEMPLATE):
+        for unit in (UNIT, TEMPLATE, SWEEP_SERVICE, SWEEP_TIMER):
             run("cp", f"{REPO_IN_CONTAINER}/systemd/{unit}", f"/etc/systemd/system/{unit}")
         container.write(f"/etc/systemd/system/{UNIT}.d/test.conf", DROP_IN)
         container.write("/etc/ckpt-janitor/ckpt-janitor.env", ENV_FILE)
         run("mkdir", "-p", str(Path(HANG_FILE).parent))
         run("systemctl", "daemon-reload")
         harness.log(f"installed in {time.monotonic() - started:.0f} s; starting {UNIT}")
-        svc = Service(container, tree, other)
+        svc = Service(container, tree, other, swept)
         before = time.monotonic()
         result = run("systemctl", "start", UNIT, check=False, timeout=90)
         svc.start_seconds = time.monotonic() - before
@@ -308,3 +314,80 @@ def test_template_instance_takes_its_tree_from_the_instance_name(service: Servic
     show = run("systemctl", "show", unit, "-p", "ActiveState,Result,ExecMainStatus").stdout
     assert dict(line.split("=", 1) for line in show.splitlines()) == \
         {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, journal
+
+
+SWEEP_DROP_IN = """\
+# Test only: log how the sweep ended as systemd saw it (its exit code and the unit's result).
+[Service]
+ExecStopPost=/bin/sh -c 'echo "sweep-exit: $$EXIT_CODE $$EXIT_STATUS $$SERVICE_RESULT"'
+"""
+
+
+def sweep_exits(container: harness.Container, unit: str) -> list[str]:
+    """What SWEEP_DROP_IN logged for each run of `unit`, oldest first."""
+    out = container.run("journalctl", "--no-pager", "-o", "cat", "-u", unit).stdout
+    return [line.split(": ", 1)[1] for line in out.splitlines()
+            if line.startswith("sweep-exit: ")]
+
+
+def unit_state(container: harness.Container, unit: str, *props: str) -> dict[str, str]:
+    out = container.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_sweep_service_runs_once_and_accepts_exit_3(service: Service) -> None:
+    """The oneshot sweep template on a tree with deletable steps: `systemctl start` returns after
+    the sweep, which exited 3 (it deleted); SuccessExitStatus=3 makes that a success."""
+    container = service.container
+    run = container.run
+    gid = int(run("getent", "group", "trainer").stdout.split(":")[2])
+    os.chown(service.swept, 0, gid)
+    service.swept.chmod(0o2775)
+    broadcasts = service.swept / "run1" / "broadcasts"
+    make_stream(broadcasts, range(1, 7), loaded=5, gid=gid)
+    instance = run("systemd-escape", "--path", SWEPT).stdout.strip()
+    unit = f"ckpt-janitor-sweep@{instance}.service"
+    container.write(f"/etc/ckpt-janitor/{instance}.env", "JANITOR_KEEP_LAST=1\n")
+    # systemd forgets a oneshot's exit status once it is inactive (ExecMainStatus reads 0), so a
+    # test-only drop-in logs the status systemd saw, from ExecStopPost's environment.
+    container.write(f"/etc/systemd/system/{SWEEP_SERVICE}.d/test.conf", SWEEP_DROP_IN)
+    run("systemctl", "daemon-reload")
+    result = run("systemctl", "start", unit, check=False, timeout=120)
+    journal = run("journalctl", "--no-pager", "-u", unit, check=False).stdout
+    assert result.returncode == 0, f"{result.stderr}\n{journal}"
+    state = unit_state(container, unit, "ActiveState", "Result", "Type")
+    assert state == {"ActiveState": "inactive", "Result": "success", "Type": "oneshot"}, journal
+    assert sweep_exits(container, unit) == ["exited 3 success"], journal
+    assert {p.name for p in broadcasts.iterdir() if p.name.startswith("step_")} == \
+        {"step_5", "step_6"}, journal
+    trash = broadcasts / ".janitor-trash"
+    assert not trash.exists() or not any(trash.iterdir()), "a sweep frees what it deleted"
+    # Its audit log is the instance's StateDirectory, the one the daemon instance would use.
+    audit = run("cat", f"/var/lib/ckpt-janitor/{instance}/audit.jsonl").stdout
+    assert len([line for line in audit.splitlines() if line.strip()]) == 4, audit
+    # A second run has nothing to delete: exit 0, a success too.
+    run("systemctl", "start", unit, timeout=120)
+    state = unit_state(container, unit, "ActiveState", "Result")
+    assert state == {"ActiveState": "inactive", "Result": "success"}, state
+    assert sweep_exits(container, unit) == ["exited 3 success", "exited 0 success"], \
+        run("journalctl", "--no-pager", "-u", unit, check=False).stdout
+
+
+def test_sweep_timer_is_loaded_with_a_next_elapse(service: Service) -> None:
+    run = service.container.run
+    instance = run("systemd-escape", "--path", SWEPT).stdout.strip()
+    timer = f"ckpt-janitor-sweep@{instance}.timer"
+    # The env file the service reads when the timer fires (the timer itself reads none).
+    service.container.write(f"/etc/ckpt-janitor/{instance}.env", "JANITOR_KEEP_LAST=1\n")
+    run("systemctl", "enable", "--now", timer, timeout=60)
+    state = unit_state(service.container, timer, "LoadState", "ActiveState", "Triggers",
+                       "NextElapseUSecRealtime", "Persistent", "RandomizedDelayUSec")
+    assert (state["LoadState"], state["ActiveState"]) == ("loaded", "active"), state
+    assert state["Triggers"] == f"ckpt-janitor-sweep@{instance}.service", state
+    assert state["Persistent"] == "yes", state
+    # OnCalendar=*:0/10 plus up to RandomizedDelaySec=1min: within the next 11 minutes.
+    next_elapse, now = (int(run("date", "+%s", *when).stdout)
+                        for when in (("-d", state["NextElapseUSecRealtime"]), ()))
+    assert now < next_elapse <= now + 11 * 60, (state, now)
+    listed = run("systemctl", "list-timers", "--all", "--no-pager", timer).stdout
+    assert timer in listed, listed
