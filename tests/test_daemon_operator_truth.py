@@ -164,3 +164,21 @@ def test_directory_bytes_follow_the_steps_and_trash_bytes_drain(
     wait_until(lambda: gauge("ckpt_janitor_directory_trash_bytes") == 0, 10,
                "the trash to drain")
     assert daemon.stop()[0] == 0
+
+
+def test_run_once_exits_as_sweep_does_when_a_directory_is_left_untouched(
+        spawn: Spawn, tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    good, bad = root / "good", root / "bad"
+    for managed in (good, bad):
+        make_steps(managed, range(1, 5))
+        publish_marker(managed, 3)
+    once = spawn(str(root), "--once", "--audit-log", "off", "--log-format", "json")
+    assert once.wait(30) == 0
+    _write_marker(bad, b"not a step\n")
+    make_steps(good, [5])
+    publish_marker(good, 5)
+    once = spawn(str(root), "--once", "--audit-log", "off", "--log-format", "json")
+    assert once.wait(30) == 4  # refused: `bad` was left untouched; `good` was still cleaned
+    assert step_numbers(good) == [5] and step_numbers(bad) == [3, 4]
+    assert once.named("deleting_nothing", directory=str(bad))

@@ -35,6 +35,11 @@ from janitor.cli.common import audit_option, build_policy, open_audit, policy_op
 @strict.option("--exit-with-pid", type=strict.EXIT_WITH_PID, default=None,
                envvar="JANITOR_EXIT_WITH_PID", show_envvar=True, metavar="PID",
                help="After this process exits, do a final pass and exit.")
+@strict.option("--standby", is_flag=True, type=strict.BOOL, envvar="JANITOR_STANDBY",
+               show_envvar=True,
+               help="Where another janitor holds a directory, wait and take it over when that "
+                    "one stops (within --rescan-interval) instead of exiting 4: for several "
+                    "pods on one shared tree.")
 @strict.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
                show_default=True, envvar="JANITOR_LOG_FORMAT", show_envvar=True,
                help="auto: JSON lines unless stderr is a terminal.")
@@ -42,12 +47,13 @@ from janitor.cli.common import audit_option, build_policy, open_audit, policy_op
                default="info", show_default=True, envvar="JANITOR_LOG_LEVEL", show_envvar=True)
 def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interval: float,
         metrics_addr: tuple[str, int] | None, once: bool, exit_with_pid: int | None,
-        log_format: str, log_level: str, audit_log: str, reclaim_workers: int,
+        standby: bool, log_format: str, log_level: str, audit_log: str, reclaim_workers: int,
         **kwargs: Any) -> None:
     """Watch ROOT and keep every managed directory below it reconciled until stopped.
 
     Stops on SIGTERM or SIGINT with exit 0. Exit 2 usage, 4 refused (another janitor holds a
-    directory), 5 error (the watcher died and could not be restarted).
+    directory, unless --standby; with --once also a directory left untouched), 5 error (the
+    watcher died and could not be restarted; with --once a directory that could not be read).
     """
     from janitor.cli.logs import configure_logging
     from janitor.daemon import Daemon, DaemonConfig, StartupError
@@ -64,7 +70,8 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
                           max_depth=max_depth, watch=watch,  # type: ignore[arg-type]
                           poll_interval_s=poll_interval, rescan_interval_s=rescan_interval,
                           metrics_addr=metrics_addr, once=once, exit_with_pid=exit_with_pid,
-                          audit=audit_file, reclaim_workers=reclaim_workers)
+                          audit=audit_file, reclaim_workers=reclaim_workers,
+                          standby=standby)
     try:
         code = Daemon(config).run()
     except StartupError as exc:

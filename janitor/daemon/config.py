@@ -36,3 +36,5 @@ class DaemonConfig:
     exit_with_pid: int | None = None
     audit: AuditLog | None = None
     reclaim_workers: int = 1
+    # Wait for a directory another janitor holds instead of refusing it (several pods, one tree).
+    standby: bool = False

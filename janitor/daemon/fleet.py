@@ -82,6 +82,11 @@ class Fleet:
         self.root_ids: dict[str, tuple[int, int] | None] = {}
         self.watcher: InotifyWatcher | None = None
         self.beyond: set[str] = set()  # directories with steps below --max-depth (warned)
+        # Managed directories found but not held, each logged when its episode began: another
+        # janitor holds the lock (waited for with --standby), or it cannot be opened.
+        self.standby: dict[str, dict[str, object] | None] = {}
+        self.locked: set[str] = set()
+        self.unmanageable: set[str] = set()
         self._cap_said = False
 
     def close(self) -> None:
@@ -135,10 +140,19 @@ class Fleet:
                      or not s.tracked.managed.still_same()]:
             self._release(path)
         adopted: list[str] = []
+        self._forget_unheld(set(found))
         for path in found:
             if path not in self.dirs and self._adopt(path, table, at_start):
                 adopted.append(path)
         return adopted
+
+    def _forget_unheld(self, found: set[str]) -> None:
+        """A directory no longer found ends its episode (a later one is logged again)."""
+        for path in [p for p in self.standby if p not in found]:
+            del self.standby[path]
+        self.locked &= found
+        self.unmanageable &= found
+        self.metrics.set_standby(len(self.standby))
 
     def _plant(self, discovery: Discovery, table: MountTable, old: dict[str, Node]) -> None:
         """Record what discovery looked at. The same directory keeps the mode it had (one whose
@@ -193,7 +207,12 @@ class Fleet:
         self.beyond = paths if replace else self.beyond | paths
 
     def health_note(self) -> str | None:
-        """What /healthz adds to "ok" when the daemon is alive but keeps nothing."""
+        """What /healthz adds to "ok" when the daemon is alive but keeps nothing, or stands by."""
+        if self.standby:
+            first = min(self.standby)
+            return (f"standby for {len(self.standby)} director"
+                    f"{'y' if len(self.standby) == 1 else 'ies'} held by another janitor "
+                    f"({protocol.printable(first)}: {lock.describe_holder(self.standby[first])})")
         if self.dirs:
             return None
         note = "no managed directory under " + ", ".join(self.config.roots)
@@ -259,19 +278,43 @@ class Fleet:
             managed = ManagedDirectory(path, dry_run=config.dry_run, policy=config.policy,
                                        options=config.options, audit=config.audit)
         except lock.LockHeldError as exc:
-            if at_start:
-                raise StartupError(exitcodes.REFUSED, str(exc)) from None
-            log.error("directory_locked", directory=path, holder=exc.holder)
-            return False
+            return self._held_by_another(path, exc, at_start)
         except OSError as exc:
-            log.error("directory_unmanageable", directory=path, error=os_error(exc),
-                      action="retrying at the next rescan")
+            if path not in self.unmanageable:  # once per episode, not at every rescan
+                self.unmanageable.add(path)
+                log.error("directory_unmanageable", directory=path, error=os_error(exc),
+                          action="retrying at every rescan")
             self.metrics.error("open")
             return False
         mode = self._mode_for(path, table)
         self.dirs[path] = Held(TrackedDirectory(managed), mode, stream=self._stream_for(path))
+        self.unmanageable.discard(path)
+        self.locked.discard(path)
         log.info("directory_adopted", directory=path, watch=mode)
+        if path in self.standby:
+            log.info("took_over", directory=path, after=lock.describe_holder(
+                self.standby.pop(path)), why="the janitor that held it stopped")
+            self.metrics.set_standby(len(self.standby))
         return True
+
+    def _held_by_another(self, path: str, exc: lock.LockHeldError, at_start: bool) -> bool:
+        """Another janitor holds `path`: with --standby wait for it (tried at every rescan),
+        else refuse the start, or (found later) log it once and leave it alone."""
+        if self.config.standby:
+            if path not in self.standby:
+                log.info("standby", directory=path, holder=exc.holder,
+                         action="deleting nothing here; taking over within "
+                                f"{self.config.rescan_interval_s:g} s after it stops")
+            self.standby[path] = exc.holder
+            self.metrics.set_standby(len(self.standby))
+            return False
+        if at_start:
+            raise StartupError(exitcodes.REFUSED, str(exc)) from None
+        if path not in self.locked:
+            self.locked.add(path)
+            log.error("directory_locked", directory=path, holder=exc.holder,
+                      action="left alone; adopted at a rescan once it is free")
+        return False
 
     def _stream_for(self, path: str) -> str | None:
         """The directory's label on the per-directory metrics: its path below its root (the

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import signal
+import socket
 import time
+from datetime import UTC, datetime
 
 import psutil
 import structlog
@@ -31,7 +34,7 @@ from janitor.daemon.notify import Notifier
 from janitor.daemon.reclaimer import Item, Reclaimer
 from janitor.daemon.recorder import PassRecorder
 from janitor.daemon.watch import signature
-from janitor.fs import lock, reaper
+from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root
 from janitor.index import DirectoryIndex
 from janitor.ops.managed import ManagedDirectory, PassResult
@@ -59,6 +62,9 @@ class Daemon:
         self._pid_watch: psutil.Process | None = None
         self._deleted_steps = 0
         self._rearm = False
+        self._announcer: presence.Announcer | None = None
+        self._announced_at = -math.inf
+        self._since = datetime.now(UTC).isoformat(timespec="seconds")
         # Sizes are measured only when someone can read them (the metrics are served).
         served = config.metrics_addr is not None
         self.footprint = Footprint(self._publish_bytes) if served else None
@@ -81,6 +87,7 @@ class Daemon:
         self._install_signals()
         try:
             self._start_http()
+            self._announce()
             self.fleet.discover(at_start=True)
             if not self.config.once:
                 self.fleet.arm_watches()
@@ -89,12 +96,13 @@ class Daemon:
             gc.freeze()  # see _freeze; at start there is no garbage worth a collection first
             if self.config.once:
                 self._finish("once")
-                return exitcodes.EXIT_OK
+                return self._once_code()
             self.notifier.ready(self._status_text())
             config = self.config
             log.info("ready", version=__version__, roots=list(config.roots),
                      directories=len(self.dirs), watches=self.fleet.watch_count(),
-                     dry_run=config.dry_run, policy=config.policy.describe(),
+                     dry_run=config.dry_run, standby=config.standby,
+                     standing_by=len(self.fleet.standby), policy=config.policy.describe(),
                      policy_text=str(config.policy),
                      audit=None if config.audit is None else str(config.audit.path))
             return self._loop()
@@ -136,6 +144,8 @@ class Daemon:
             signal.set_wakeup_fd(-1)
         if self._http is not None:
             self._http.close()
+        if self._announcer is not None:
+            self._announcer.close()
         self.fleet.close()
         self.dirty.close()
         self.notifier.close()
@@ -202,8 +212,50 @@ class Daemon:
     def _heartbeat(self) -> None:
         """After a successful loop pass: tell systemd we are alive and what we are doing."""
         self.liveness.note(self.fleet.health_note())
+        self._publish_presence()
         if self.notifier.maybe_watchdog(time.monotonic()):
             self.notifier.status(self._status_text())
+
+    def _once_code(self) -> int:
+        """--once exits as `sweep` would: 5 when a directory could not be read, 4 when one was
+        left untouched (a bad marker, another janitor's lock), else 0."""
+        fleet = self.fleet
+        faults = [held.fault for held in self.dirs.values() if held.fault is not None]
+        if fleet.unmanageable or any(f.startswith("reconcile failed") for f in faults):
+            return exitcodes.ERROR
+        if faults or fleet.locked or fleet.standby:
+            return exitcodes.REFUSED
+        return exitcodes.EXIT_OK
+
+    # ---- presence: what `janitor status` learns of a daemon that holds no lock -------------
+
+    def _announce(self) -> None:
+        try:
+            self._announcer = presence.Announcer()
+        except OSError as exc:  # no socket (fds, a sandbox): status just cannot see this one
+            log.warning("presence_unavailable", error=os_error(exc),
+                        action="janitor status will not show this daemon's role")
+
+    def _publish_presence(self) -> None:
+        """The record status reads (at most once a second: it is O(directories))."""
+        now = time.monotonic()
+        if self._announcer is None or now - self._announced_at < 1.0:
+            return
+        self._announced_at = now
+        config = self.config
+        role = "dry-run" if config.dry_run else "active"
+        directories: list[dict[str, object]] = [
+            {"path": path, "dev": held.tracked.managed.dev, "ino": held.tracked.managed.ino,
+             "role": role, "watch": held.mode} for path, held in self.dirs.items()]
+        for path in self.fleet.standby:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                directories.append({"path": path, "dev": st.st_dev, "ino": st.st_ino,
+                                    "role": "standby", "watch": None})
+        self._announcer.publish({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": self._since, "version": __version__,
+                                 "dry_run": config.dry_run, "standby": config.standby,
+                                 "roots": list(config.roots), "directories": directories})
 
     def _status_text(self) -> str:
         return (f"{len(self.dirs)} directories, {self._deleted_steps} steps deleted, "
