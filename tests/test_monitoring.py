@@ -328,3 +328,10 @@ def test_a_real_daemon_exports_every_metric_the_rules_and_the_dashboard_query(
                20, "a timer pass to advance the reconcile timestamp on a quiet tree")
     assert step_numbers(managed) == list(range(3, 8))
     assert daemon.stop()[0] == 0
+
+
+def test_the_deploy_guide_explains_every_alert() -> None:
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    section = guide[guide.index("## Alerts and dashboard"):]
+    for alert in ALERTS:
+        assert f"| `{alert}` |" in section, alert
