@@ -233,7 +233,8 @@ _SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-10**30, 10*
 _VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
                        | st.dictionaries(_TEXT, inner, max_size=4), max_leaves=12)
 
-# The JSON kinds each field may hold (a test-side copy of the schema, from DESIGN.md's records).
+# The JSON kinds each field may hold (a test-side copy of the schema of the records
+# janitor/ops/audit.py writes; docs/design.md has the invariants they license).
 _INT, _NULL, _STR, _BOOL = "int", "null", "str", "bool"
 _ALLOWED = {"v": {_INT}, "time_ns": {_INT}, "host": {_STR}, "pid": {_INT},
             "directory": {_STR}, "name": {_STR}, "step": {_INT, _NULL}, "reason": {_STR},

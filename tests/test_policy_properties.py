@@ -1,4 +1,4 @@
-"""`plan` is pure: property tests (hypothesis) of DESIGN.md's invariants 1-5 on synthetic
+"""`plan` is pure: property tests (hypothesis) of docs/design.md's invariants 1-5 on synthetic
 snapshots, and exact-reason example tables in the style of borg's prune tests.
 
 Run with `--hypothesis-show-statistics` to see the example counts and the events below.
