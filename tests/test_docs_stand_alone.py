@@ -1,11 +1,11 @@
 """The repository stands alone: no file points outside it, and every link in the docs resolves.
 
 Checked on every tracked Markdown, Python, YAML and TOML file (`git ls-files`):
-- no reference to a file that lives outside the repository: a `../shared` folder beside the
+- no reference to a file that lives outside the repository: the `shared` folder beside the
   checkout, or upper-case design and style notes the repository does not ship (its design
   document is docs/design.md);
-- no path of a development machine: no `/work/` anywhere, and in the Markdown no `/tmp/` path
-  but the few example paths the docs tell the reader to create (EXAMPLE_TMP_PATHS).
+- no path of a development machine: none under `/work` anywhere, and in the Markdown none under
+  `/tmp` but the few example paths the docs tell the reader to create (EXAMPLE_TMP_PATHS).
 And in README.md and docs/: every relative Markdown link (and image) names a file of the
 repository, and an `#anchor` names a heading of its target; every repository path the prose
 quotes (`docs/...`, `bench/....py`, `systemd/...`) exists.
