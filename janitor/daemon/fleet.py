@@ -287,7 +287,10 @@ class Fleet:
             self.metrics.error("open")
             return False
         mode = self._mode_for(path, table)
-        self.dirs[path] = Held(TrackedDirectory(managed), mode, stream=self._stream_for(path))
+        stream = self._stream_for(path)
+        self.dirs[path] = Held(TrackedDirectory(managed), mode, stream=stream)
+        if stream is not None:  # present from adoption: an alert must not wait for a delete
+            self.metrics.set_directory_trash_bytes(stream, 0)
         self.unmanageable.discard(path)
         self.locked.discard(path)
         log.info("directory_adopted", directory=path, watch=mode)
