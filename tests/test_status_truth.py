@@ -45,6 +45,9 @@ def test_status_plans_with_the_running_janitors_policy_and_warns_when_flags_diff
         held = _status(tree)
         assert held["policy_source"] == "holder" and held["policy_warning"] is None
         assert "--interval-to-keep 5" in str(held["policy"])
+        # One line for the policy everywhere: the lock file, the `ready` log line and status.
+        recorded = json.loads((tree / ".janitor.lock").read_text())["policy"]["text"]
+        assert recorded == held["policy"] == daemon.wait_event("ready")["policy_text"]
         # With status's own defaults (no interval), step_0, 5 and 10 would show as deleted.
         assert set(held["decisions"]) == {"keep:interval-multiple", "keep:newest-complete"}
         assert held["decisions"]["keep:interval-multiple"]["count"] == 3  # type: ignore[index]

@@ -57,7 +57,8 @@ class ManagedDirectory:
     def holder_record(self) -> dict[str, object]:
         """What the lock file records of this janitor's policy: enough for `janitor status` to
         show the plan the running janitor executes, not one made with its own defaults."""
-        return {**self.policy.describe(), "complete_markers": list(self.options.complete_markers)}
+        return {**self.policy.describe(), "complete_markers": list(self.options.complete_markers),
+                "text": str(self.policy)}  # the one line status and the `ready` log print
 
     def close(self) -> None:
         if self._trash_fd is not None:
