@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -272,3 +273,137 @@ def _keep_reason(entry: Entry, policy: Policy, context: Context) -> Reason | Non
         if progress.marker_ns is None or entry.changed_ns >= progress.marker_ns:
             return Reason.CHANGED_AFTER_MARKER
     return None
+
+
+# ---- every rule, for `janitor explain` ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One of `decide`'s rules judged on its own for one entry: whether it applies, the values
+    that say so, and the reason it gives. Rules come in `decide`'s order and the first that
+    applies is the decision (`decide` returns its verdict; a property test holds the two
+    together). The last rule (a deletion) always applies."""
+
+    name: str
+    applies: bool
+    detail: str
+    verdict: Reason
+
+    @property
+    def delete(self) -> bool:
+        return self.verdict in DELETE_REASONS
+
+
+def rules_for(entry: Entry, policy: Policy, context: Context, *,
+              complete_desc: Sequence[int] | None = None, consumers: Sequence[Consumer] = (),
+              complete_markers: Sequence[str] = ()) -> list[Rule]:
+    """Every rule of `decide` for `entry`, each judged whatever the others say, with the values
+    that decided it. The optional facts only make the details richer: `complete_desc` (the
+    complete step numbers, newest first) gives a step's rank, `consumers` the markers the loaded
+    step came from, `complete_markers` the names a complete step holds."""
+    number, progress = entry.number, context.progress
+    grace_ns = int(policy.partial_grace_s * 1e9)
+    age_s = (context.recent_ns + grace_ns - entry.changed_ns) / 1e9
+    recent = entry.changed_ns > context.recent_ns
+    markers = " or ".join(map(printable, complete_markers)) or "a completion marker"
+    changed = (f"changed {age_s:.1f} s before the scan, "
+               f"{'within' if recent else 'beyond'} --partial-grace {policy.partial_grace_s:g}")
+    rules = [Rule("pinned", entry.pinned, "holds .janitor-pin" if entry.pinned
+                  else "no .janitor-pin", Reason.PINNED),
+             Rule("no-valid-marker", progress.problem is not None,
+                  _progress_detail(policy, progress, consumers), Reason.NO_VALID_MARKER)]
+    if number is None:
+        step_rules = ("interval-multiple", "newest-complete", "keep-last", "at-or-above-loaded",
+                      "changed-after-marker")
+        rules.insert(2, Rule("in-progress", recent, f"staging directory {changed}",
+                             Reason.IN_PROGRESS))
+        rules.extend(Rule(name, False, "a staging directory: no step number", Reason(name))
+                     for name in step_rules)
+        rules.append(Rule("abandoned-staging", True, "deleted when no rule above applies",
+                          Reason.ABANDONED_STAGING))
+        # decide's order for a staging directory: pinned, marker, in-progress; the step rules
+        # never apply to one, so where they stand does not matter.
+        return rules
+    newest = context.newest_complete
+    interval = policy.interval_to_keep
+    rules.append(Rule("interval-multiple", interval is not None and number % interval == 0,
+                      "no --interval-to-keep" if interval is None
+                      else f"{number} % {interval} = {number % interval}",
+                      Reason.INTERVAL_MULTIPLE))
+    rules.append(Rule("newest-complete", number == newest,
+                      "no complete step here" if newest is None
+                      else f"the newest complete step is {newest}", Reason.NEWEST_COMPLETE))
+    rules.append(_in_progress(entry, number, newest, recent, markers, changed))
+    rules.append(Rule("keep-last", number in context.kept_last,
+                      _rank(entry, number, policy, complete_desc), Reason.KEEP_LAST))
+    rules.extend(_gate_rules(entry, number, policy, progress))
+    rules.append(Rule("superseded", True, "deleted when no rule above applies (complete)",
+                      Reason.SUPERSEDED) if entry.complete else
+                 Rule("abandoned-partial", True, "deleted when no rule above applies "
+                      "(incomplete)", Reason.ABANDONED_PARTIAL))
+    return rules
+
+
+def _progress_detail(policy: Policy, progress: Progress, consumers: Sequence[Consumer]) -> str:
+    if not policy.gated:
+        return "not gated (--no-gate): no marker is read"
+    if progress.problem is not None:
+        return f"deleting nothing in this directory: {progress.problem}"
+    if policy.progress == "receiver-ready":
+        return f"the newest .receiver_ready is in step {progress.loaded_step}"
+    shown = ", ".join(f"{printable(c.filename)}={c.step}" for c in consumers)
+    return f"every marker valid: {shown}" if shown else "every marker valid"
+
+
+def _in_progress(entry: Entry, number: int, newest: int | None, recent: bool, markers: str,
+                 changed: str) -> Rule:
+    if entry.complete:
+        return Rule("in-progress", False, f"complete (holds {markers})", Reason.IN_PROGRESS)
+    if newest is None or number > newest:
+        why = ("no complete step here" if newest is None
+               else f"newer than the newest complete step {newest}")
+        return Rule("in-progress", True, f"incomplete (no {markers}), {why}", Reason.IN_PROGRESS)
+    return Rule("in-progress", recent, f"incomplete (no {markers}), older than the newest "
+                f"complete step {newest}, {changed}", Reason.IN_PROGRESS)
+
+
+def _rank(entry: Entry, number: int, policy: Policy, complete_desc: Sequence[int] | None) -> str:
+    keep = f"--keep-last {policy.keep_last}"
+    if not entry.complete:
+        return f"incomplete: not counted; {keep}"
+    if complete_desc is None or number not in complete_desc:
+        return keep
+    return (f"number {list(complete_desc).index(number) + 1} of {len(complete_desc)} complete "
+            f"steps, newest first; {keep}")
+
+
+def _gate_rules(entry: Entry, number: int, policy: Policy, progress: Progress) -> list[Rule]:
+    """The consumer gate: at or above the loaded step, or changed after the marker."""
+    loaded, marker_ns = progress.loaded_step, progress.marker_ns
+    if not policy.gated:
+        return [Rule(name, False, "not gated (--no-gate)", Reason(name))
+                for name in ("at-or-above-loaded", "changed-after-marker")]
+    above = loaded is None or number >= loaded
+    gate = Rule("at-or-above-loaded", above, "no loaded step" if loaded is None
+                else f"step {number} {'>=' if above else '<'} loaded step {loaded}",
+                Reason.AT_OR_ABOVE_LOADED)
+    if marker_ns is None:
+        return [gate, Rule("changed-after-marker", not above,
+                           "no marker time: nothing is licensed", Reason.CHANGED_AFTER_MARKER)]
+    after = entry.changed_ns >= marker_ns
+    times = (f"changed {_when(entry.changed_ns)} {'>=' if after else '<'} marker written "
+             f"{_when(marker_ns)}")
+    if above:
+        times += " (judged only below the loaded step)"
+    return [gate, Rule("changed-after-marker", not above and after, times,
+                       Reason.CHANGED_AFTER_MARKER)]
+
+
+def _when(ns: int) -> str:
+    """A time in ns since the epoch as UTC ISO 8601, to the nanosecond (ties matter here)."""
+    seconds, part = divmod(ns, 1_000_000_000)
+    try:
+        whole = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds: say it as it is
+        return f"{ns} ns since the epoch"
+    return f"{whole}.{part:09d}Z"

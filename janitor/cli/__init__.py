@@ -1,12 +1,13 @@
-"""The `janitor` command line: `sweep` (one pass), `run` (the daemon), `status`, `audit verify`.
+"""The `janitor` command line: `sweep` (one pass), `run` (the daemon), `status`, `audit verify`,
+`pin`/`unpin` (keep a step forever, or not) and `explain` (every rule for one step).
 
 Every option can also come from a JANITOR_* environment variable (the sidecar and systemd way).
 A user error is one line on stderr, `janitor: error: ...`, and exit code 2; see janitor.exitcodes.
 
 This module holds the click group and `main`; each command is a module of its own (`sweep`,
-`run`, `status`, `audit`), built from the shared options in `common` and the strict types in
-`options`. The command modules never import this one: it imports them at its end and adds them
-to the group, so there is no import cycle.
+`run`, `status`, `audit`, `pin`, `explain`), built from the shared options in `common` and the
+strict types in `options`. The command modules never import this one: it imports them at its end
+and adds them to the group, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # The commands, in the order they were always added to the group (help lists them sorted).
-from janitor.cli import audit, run, status, sweep  # noqa: E402
+from janitor.cli import audit, explain, pin, run, status, sweep  # noqa: E402
 
-for _command in (sweep.sweep, run.run, status.status, audit.audit_group):
+for _command in (sweep.sweep, run.run, status.status, audit.audit_group, pin.pin, pin.unpin,
+                 explain.explain):
     cli.add_command(_command)

@@ -10,7 +10,13 @@ import click
 
 from janitor.cli import options as strict
 from janitor.cli.common import audit_option, build_policy, open_audit, policy_options, problem_line
-from janitor.ops.report import DirectoryReport, directory_json, directory_text, human_bytes
+from janitor.ops.report import (
+    DirectoryReport,
+    deletion_lines,
+    directory_json,
+    directory_text,
+    human_bytes,
+)
 from janitor.ops.sweep import SweepRequest
 from janitor.ops.sweep import sweep as run_sweep
 
@@ -22,8 +28,12 @@ from janitor.ops.sweep import sweep as run_sweep
 @audit_option
 @strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
                help="Print one JSON document instead of text.")
-def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, reclaim_workers: int,
-          **kwargs: Any) -> None:
+@strict.option("--quiet", "-q", is_flag=True, type=strict.BOOL, envvar="JANITOR_QUIET",
+               show_envvar=True,
+               help="Text output: print only the steps deleted (with --dry-run: that would be), "
+                    "one line each; problems still go to stderr. No effect on --json.")
+def sweep(paths: tuple[str, ...], as_json: bool, quiet: bool, audit_log: str,
+          reclaim_workers: int, **kwargs: Any) -> None:
     """One pass over each managed directory under PATH: decide, print, delete.
 
     Exit codes: 0 nothing to delete, 3 deleted (or would), 4 refused (left a directory untouched),
@@ -37,7 +47,8 @@ def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, reclaim_workers
 
     def show(report: DirectoryReport) -> None:
         if not as_json:
-            for line in directory_text(report, dry_run):
+            render = deletion_lines if quiet else directory_text
+            for line in render(report, dry_run):
                 click.echo(line)
 
     code, reports = run_sweep(request, problem=problem_line, on_directory=show)
@@ -49,7 +60,7 @@ def sweep(paths: tuple[str, ...], as_json: bool, audit_log: str, reclaim_workers
             "deleted": deleted, "freed_bytes": freed,
             "directories": [directory_json(r, dry_run) for r in reports],
         }, indent=2))
-    else:
+    elif not quiet:
         verb = "would free" if dry_run else "freed"
         noun = "directory" if len(reports) == 1 else "directories"
         click.echo(f"total: {verb} {human_bytes(freed)} in {deleted} steps across "

@@ -64,6 +64,27 @@ def directory_text(report: DirectoryReport, dry_run: bool) -> list[str]:
     return lines
 
 
+def deletion_lines(report: DirectoryReport, dry_run: bool) -> list[str]:
+    """`sweep --quiet`: one line per step deleted (with --dry-run: that would be), naming its
+    directory, and nothing for what is kept; problems go to stderr as always."""
+    if report.result is None:
+        return []
+    path = protocol.printable(report.path)
+    if dry_run:
+        gone = [(d.entry, d.reason.value) for d in report.result.plan.doomed]
+    else:
+        reasons = {d.entry.name: d.reason.value for d in report.result.plan.doomed}
+        gone = [(t.entry, reasons[t.entry.name]) for t in report.result.trashed]
+    action = "would-delete" if dry_run else "deleted"
+    lines = []
+    for entry, reason in gone:
+        size = report.sizes.get(entry.name)
+        sized = human_bytes(size) if size is not None else ""
+        lines.append(f"{path}/{protocol.printable(entry.name)}  {action}  {reason}  {sized}"
+                     .rstrip())
+    return lines
+
+
 def _progress_text(report: DirectoryReport) -> str:
     assert report.result is not None
     plan, snap = report.result.plan, report.result.snapshot

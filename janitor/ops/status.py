@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 from janitor import exitcodes, protocol
 from janitor.fs import lock, reaper
@@ -13,8 +12,10 @@ from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
 from janitor.model import ScanOptions
 from janitor.ops.managed import ManagedDirectory
+from janitor.ops.pinned import look_pinned
+from janitor.ops.recorded import choose
 from janitor.ops.report import human_bytes
-from janitor.policy import Policy, PolicyError
+from janitor.policy import Policy
 
 
 def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_depth: int,
@@ -47,9 +48,9 @@ def _directory(path: str, policy: Policy, options: ScanOptions,
                explicit: bool) -> dict[str, object]:
     with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
         held, holder = lock.inspect(directory.fd)
-        choice = _choose(policy, options, holder if held else None, explicit, held=held)
+        choice = choose(policy, options, holder if held else None, explicit, held=held)
         directory.policy, directory.options = choice.policy, choice.options
-        snapshot, plan = directory.look()
+        snapshot, plan = look_pinned(directory)
         now = time.time_ns()
         by_decision: dict[str, dict[str, int]] = {}
         for decision in plan.decisions:
@@ -81,53 +82,6 @@ def _directory(path: str, policy: Policy, options: ScanOptions,
         "policy_source": choice.source,
         "policy_warning": choice.warning,
     }
-
-
-@dataclass(frozen=True, slots=True)
-class _Choice:
-    """The policy a status report plans with, where it came from, and any disagreement."""
-
-    policy: Policy
-    options: ScanOptions
-    source: str  # "holder", "flags" or "defaults"
-    warning: str | None = None
-
-
-def _choose(policy: Policy, options: ScanOptions, holder: dict[str, object] | None,
-            explicit: bool, *, held: bool) -> _Choice:
-    """The running janitor's recorded policy, unless flags were given (then theirs, with a
-    warning where the two differ). A record that cannot be read back is said, never guessed."""
-    given = _Choice(policy, options, "flags" if explicit else "defaults")
-    if not held:
-        return given
-    try:
-        recorded, recorded_options = _recorded(holder)
-    except PolicyError as exc:
-        return replace(given, warning=f"the running janitor's policy cannot be read from "
-                                      f"{protocol.LOCK_FILE} ({exc}); showing the plan for the "
-                                      f"{given.source}")
-    if not explicit:
-        return _Choice(recorded, recorded_options, "holder")
-    if (recorded, recorded_options) != (policy, options):
-        markers = ", ".join(map(protocol.printable, recorded_options.complete_markers))
-        return replace(given, warning=f"the flags differ from the running janitor's policy "
-                                      f"({recorded}; complete when {markers}); showing the "
-                                      "plan for the flags given")
-    return given
-
-
-def _recorded(holder: dict[str, object] | None) -> tuple[Policy, ScanOptions]:
-    """The Policy and ScanOptions a lock file's holder record names; PolicyError if none."""
-    if holder is None:
-        raise PolicyError("the record is torn or not JSON")
-    record = holder.get("policy")
-    policy = Policy.from_description(record)
-    markers = record.get("complete_markers") if isinstance(record, dict) else None
-    if not (isinstance(markers, list) and markers
-            and all(isinstance(m, str) and m for m in markers)):
-        raise PolicyError("the recorded policy names no completion markers")
-    return policy, ScanOptions(complete_markers=tuple(markers),
-                               receiver_ready=policy.progress == "receiver-ready")
 
 
 def _trash(directory: ManagedDirectory) -> tuple[int, int]:

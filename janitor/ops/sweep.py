@@ -18,6 +18,7 @@ from janitor.fs.sizes import tree_size
 from janitor.model import ScanOptions
 from janitor.ops.audit import AuditLog
 from janitor.ops.managed import ManagedDirectory
+from janitor.ops.pinned import look_pinned
 from janitor.ops.report import DirectoryReport
 from janitor.policy import Policy
 
@@ -66,7 +67,9 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
         with ManagedDirectory(path, dry_run=request.dry_run, policy=request.policy,
                               options=request.options, audit=request.audit) as directory:
             report.leftover = directory.reclaim(workers=request.reclaim_workers)
-            result = directory.reconcile()
+            # Every step's pin read (not only the doomed ones'), so the output shows a step
+            # pinned since the marker as `pinned`; the plan is the one executed.
+            result = directory.execute(*look_pinned(directory))
             report.result = result
             for trashed in result.trashed:
                 stats = directory.reclaim([trashed.trash_name], workers=request.reclaim_workers)

@@ -1,0 +1,58 @@
+"""`janitor explain PATH/step_N`: every rule for one step and the decision (janitor.ops.explain)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from janitor import exitcodes
+from janitor.cli import options as strict
+from janitor.cli.common import build_policy, policy_options, problem_line
+
+# The policy options (policy_options) that change a plan; --dry-run and --max-depth do not.
+_POLICY_PARAMS = ("interval_to_keep", "keep_last", "gate", "complete_markers", "progress",
+                  "partial_grace")
+
+
+@click.command()
+@strict.argument("step", type=strict.FILE_PATH, metavar="PATH/step_N")
+@policy_options
+@strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
+               help="Print one JSON document instead of text.")
+def explain(step: str, as_json: bool, **kwargs: Any) -> None:
+    """Why the janitor keeps or deletes PATH/step_N: every rule that applies, with its values.
+
+    As `janitor status` does, the plan is made with the policy a running janitor's lock records,
+    unless policy flags are given here. Read-only. Exit 0, 2 not a step of a managed directory,
+    4 the directory is refused, 5 unreadable.
+    """
+    from janitor.fs.pins import PinError
+    from janitor.ops.explain import as_json as document
+    from janitor.ops.explain import as_text
+    from janitor.ops.explain import explain as explain_step
+
+    kwargs.pop("dry_run")
+    kwargs.pop("max_depth")
+    explicit = _policy_given(click.get_current_context())
+    policy, options = build_policy(kwargs)
+    try:
+        explanation = explain_step(step, policy, options, explicit=explicit)
+    except PinError as exc:
+        problem_line(exc.line)
+        sys.exit(exc.code)
+    if as_json:
+        click.echo(json.dumps(document(explanation), indent=2))
+    else:
+        for line in as_text(explanation):
+            click.echo(line)
+    sys.exit(exitcodes.NOTHING_TO_DO)
+
+
+def _policy_given(ctx: click.Context) -> bool:
+    """Whether any policy option came from the command line or the environment (as `status`
+    decides it): then the plan is made with it, not with the running janitor's policy."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return any(ctx.get_parameter_source(name) in given for name in _POLICY_PARAMS)
