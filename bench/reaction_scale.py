@@ -38,7 +38,8 @@ publishes at random phases of the interval (a random 0..interval sleep before ea
 p50/p99/max against the same size's reactions without the timer.
 
 The daemon runs with `--watch inotify --rescan-interval 3600 --audit-log off --log-format json
---log-level warning` and no --metrics-addr (off).
+--log-level warning` and no --metrics-addr (off; `--metrics` serves it on a free port, which also
+turns on the per-step sizing behind `ckpt_janitor_directory_bytes`).
 
     .venv/bin/python bench/reaction_scale.py [--quick] [--sizes 100,1000,10000,100000]
         [--janitor-path DIR] [--out results.json] [--plot docs/img/reaction_vs_kept_steps.png]
@@ -207,6 +208,10 @@ def daemon_env(janitor_path: Path) -> dict[str, str]:
     return env
 
 
+# Flags added to every daemon started (--metrics: serve /metrics, which turns on step sizing).
+DAEMON_EXTRA: list[str] = []
+
+
 class Daemon:
     """`python -m janitor run ROOT ...` of the checkout measured, started until READY=1."""
 
@@ -214,7 +219,8 @@ class Daemon:
                  rescan_s: float) -> None:
         self.args = [sys.executable, "-m", "janitor", "run", str(root), "--watch", "inotify",
                      "--interval-to-keep", str(interval), "--rescan-interval", f"{rescan_s:g}",
-                     "--audit-log", "off", "--log-format", "json", "--log-level", "warning"]
+                     "--audit-log", "off", "--log-format", "json", "--log-level", "warning",
+                     *DAEMON_EXTRA]
         self.janitor_path = janitor_path
         token = secrets.token_hex(4)
         self.log_path = base / f"daemon-{token}.log"
@@ -635,6 +641,9 @@ def tmpfs_base() -> Iterator[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics", action="store_true",
+                        help="daemons serve /metrics on a free port (and so size every step for "
+                             "the per-directory bytes gauge, off the reaction path)")
     parser.add_argument("--quick", action="store_true",
                         help="sizes 100,1000,10000; 50 publishes a size; 10 under the timer")
     parser.add_argument("--sizes", default=None, help="kept steps, comma-separated "
@@ -666,6 +675,8 @@ def main() -> None:
     parser.add_argument("--profile-dir", default=None,
                         help="py-spy record (raw, --threads --idle) of the daemon at each size")
     args = parser.parse_args()
+    if args.metrics:
+        DAEMON_EXTRA.extend(["--metrics-addr", "127.0.0.1:0"])
     args.janitor_path = args.janitor_path.resolve()
     if not (args.janitor_path / "janitor" / "__main__.py").exists():
         parser.error(f"--janitor-path {args.janitor_path}: no janitor/__main__.py there")
