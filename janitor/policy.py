@@ -336,7 +336,7 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
     rules.append(_in_progress(entry, number, newest, recent, markers, changed))
     rules.append(Rule("keep-last", number in context.kept_last,
                       _rank(entry, number, policy, complete_desc), Reason.KEEP_LAST))
-    rules.extend(_gate_rules(entry, number, policy, progress))
+    rules.extend(_gate_rules(entry, number, policy, progress, consumers))
     rules.append(Rule("superseded", True, "deleted when no rule above applies (complete)",
                       Reason.SUPERSEDED) if entry.complete else
                  Rule("abandoned-partial", True, "deleted when no rule above applies "
@@ -377,15 +377,20 @@ def _rank(entry: Entry, number: int, policy: Policy, complete_desc: Sequence[int
             f"steps, newest first; {keep}")
 
 
-def _gate_rules(entry: Entry, number: int, policy: Policy, progress: Progress) -> list[Rule]:
+def _gate_rules(entry: Entry, number: int, policy: Policy, progress: Progress,
+                consumers: Sequence[Consumer]) -> list[Rule]:
     """The consumer gate: at or above the loaded step, or changed after the marker."""
     loaded, marker_ns = progress.loaded_step, progress.marker_ns
     if not policy.gated:
         return [Rule(name, False, "not gated (--no-gate)", Reason(name))
                 for name in ("at-or-above-loaded", "changed-after-marker")]
     above = loaded is None or number >= loaded
+    source = ""
+    if policy.progress == "loaded-step" and len(consumers) > 1 and progress.problem is None:
+        source = " (the lowest of " + ", ".join(
+            f"{printable(c.filename)}={c.step}" for c in consumers) + ")"
     gate = Rule("at-or-above-loaded", above, "no loaded step" if loaded is None
-                else f"step {number} {'>=' if above else '<'} loaded step {loaded}",
+                else f"step {number} {'>=' if above else '<'} loaded step {loaded}{source}",
                 Reason.AT_OR_ABOVE_LOADED)
     if marker_ns is None:
         return [gate, Rule("changed-after-marker", not above,

@@ -287,7 +287,8 @@ def test_explain_lists_every_rule_that_applies_with_its_values(tmp_path: Path) -
     rules = {r["name"]: r for r in ten["rules"]}  # type: ignore[union-attr]
     assert rules["interval-multiple"]["detail"] == "10 % 5 = 0"
     assert rules["keep-last"]["detail"].startswith("number 3 of 13 complete steps")
-    assert rules["at-or-above-loaded"]["detail"] == "step 10 >= loaded step 10"
+    assert rules["at-or-above-loaded"]["detail"] == \
+        "step 10 >= loaded step 10 (the lowest of LOADED_STEP=10, LOADED_STEP.eval=11)"
     assert rules["no-valid-marker"]["detail"] == \
         "every marker valid: LOADED_STEP=10, LOADED_STEP.eval=11"
     assert ten["policy_source"] == "flags" and ten["daemon"] == {"running": False}
