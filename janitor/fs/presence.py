@@ -87,7 +87,10 @@ def peers(table: str = "/proc/net/unix") -> list[dict[str, object]]:
 
 
 def _ask(name: str, timeout_s: float) -> dict[str, object] | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    except OSError:  # out of fds: the peers are not shown, the rest of status is
+        return None
     try:
         sock.settimeout(timeout_s)
         sock.connect("\0" + name)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from janitor import exitcodes, protocol
-from janitor.fs import lock, reaper
+from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
 from janitor.model import ScanOptions
@@ -29,6 +29,7 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
     """
     code = exitcodes.NOTHING_TO_DO
     reports: list[dict[str, object]] = []
+    peers = presence.peers()  # daemons holding no lock (dry-run, standby) say what they watch
     for root in roots:
         bad = check_root(root)
         if bad is not None and bad[0] != exitcodes.REFUSED:
@@ -37,15 +38,15 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
             continue
         for path in discover(root, max_depth).managed:
             try:
-                reports.append(_directory(path, policy, options, explicit))
+                reports.append(_directory(path, policy, options, explicit, peers))
             except OSError as exc:
                 problem(f"{protocol.printable(path)}: {exc.strerror or exc}")
                 code = exitcodes.ERROR
     return code, reports
 
 
-def _directory(path: str, policy: Policy, options: ScanOptions,
-               explicit: bool) -> dict[str, object]:
+def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
+               peers: list[dict[str, object]]) -> dict[str, object]:
     with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
         held, holder = lock.inspect(directory.fd)
         choice = choose(policy, options, holder if held else None, explicit, held=held)
@@ -60,6 +61,7 @@ def _directory(path: str, policy: Policy, options: ScanOptions,
             bucket["bytes"] += tree_size(directory.fd, decision.entry.name)
         trash = _trash(directory)
         vfs = os.statvfs(directory.fd)
+        janitors = presence.roles_for(peers, directory.dev, directory.ino)
     newest = plan.newest_complete
     loaded = plan.progress.loaded_step
     return {
@@ -77,6 +79,9 @@ def _directory(path: str, policy: Policy, options: ScanOptions,
         "trash_bytes": trash[1],
         "free_bytes": vfs.f_bavail * vfs.f_frsize,
         "daemon": {"running": held, **(holder or {})} if holder or held else {"running": False},
+        # Every janitor of this network namespace that announces this directory: the lock's
+        # holder ("active", with its watch mode), a dry run or a standby (neither holds it).
+        "janitors": janitors,
         "policy": str(choice.policy),
         "complete_markers": list(choice.options.complete_markers),
         "policy_source": choice.source,
@@ -106,6 +111,15 @@ def render(reports: list[dict[str, object]]) -> list[str]:
             lines.append(f"  daemon:    running, {lock.describe_holder(daemon)}")
         else:
             lines.append("  daemon:    none holds the lock")
+        janitors = report.get("janitors")
+        for j in janitors if isinstance(janitors, list) else []:
+            # A peer's words are shown, never trusted: each is made printable.
+            said = {k: protocol.printable(str(v)) for k, v in j.items()}
+            watch = f", watching by {said['watch']}" if j.get("watch") else ""
+            what = {"active": "holds the lock", "dry-run": "dry run, holds no lock, deletes "
+                    "nothing", "standby": "standby, waits for the lock"}.get(said["role"],
+                                                                             said["role"])
+            lines.append(f"  janitor:   pid {said['pid']} on {said['host']}: {what}{watch}")
         source = {"holder": "the running janitor's", "flags": "from the flags given",
                   "defaults": "the defaults"}[str(report["policy_source"])]
         markers = report["complete_markers"]

@@ -160,18 +160,22 @@ POLICY_SPECS = (
 DELETER_SPECS = (
     Spec("--reclaim-workers", "JANITOR_RECLAIM_WORKERS", int_in(1, 64), 1),
 )
+SWEEP_SPECS = (
+    Spec("--quiet", "JANITOR_QUIET", parse_bool, False, is_flag=True),
+)
 RUN_SPECS = (
     Spec("--watch", "JANITOR_WATCH", choice("auto", "inotify", "poll"), "auto"),
     Spec("--poll-interval", "JANITOR_POLL_INTERVAL", decimal_in("0.01", "3600"), 2.0),
     Spec("--rescan-interval", "JANITOR_RESCAN_INTERVAL", decimal_in("0.1", "86400"), 30.0),
     Spec("--metrics-addr", "JANITOR_METRICS_ADDR", metrics_port_only, None),
     Spec("--once", "JANITOR_ONCE", parse_bool, False, is_flag=True),
+    Spec("--standby", "JANITOR_STANDBY", parse_bool, False, is_flag=True),
     Spec("--exit-with-pid", "JANITOR_EXIT_WITH_PID", int_in(1, 4_194_304), None),
     Spec("--log-format", "JANITOR_LOG_FORMAT", choice("auto", "json", "console"), "auto"),
     Spec("--log-level", "JANITOR_LOG_LEVEL", choice("debug", "info", "warning", "error"), "info"),
 )
 SPECS_BY_COMMAND = {
-    "sweep": POLICY_SPECS + DELETER_SPECS,
+    "sweep": POLICY_SPECS + DELETER_SPECS + SWEEP_SPECS,
     "status": POLICY_SPECS,
     "run": POLICY_SPECS + DELETER_SPECS + RUN_SPECS,
 }
