@@ -132,3 +132,16 @@ def problem_line(line: str) -> None:
     """One problem, one line on stderr, whatever names it holds (printable is idempotent)."""
     click.echo(f"janitor: {protocol.printable(line)}", err=True)
 
+
+
+# The options that make up a policy: given explicitly, they replace a running janitor's recorded
+# one in `status` and `explain`.
+_POLICY_PARAMS = ("interval_to_keep", "keep_last", "gate", "complete_markers", "progress",
+                  "partial_grace")
+
+
+def policy_given(ctx: click.Context) -> bool:
+    """Whether any policy option came from the command line or the environment (not a default):
+    then the plan is made with it instead of the running janitor's recorded policy."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return any(ctx.get_parameter_source(name) in given for name in _POLICY_PARAMS)

@@ -10,11 +10,7 @@ import click
 
 from janitor import exitcodes
 from janitor.cli import options as strict
-from janitor.cli.common import build_policy, policy_options, problem_line
-
-# The policy options (policy_options) that change a plan; --dry-run and --max-depth do not.
-_POLICY_PARAMS = ("interval_to_keep", "keep_last", "gate", "complete_markers", "progress",
-                  "partial_grace")
+from janitor.cli.common import build_policy, policy_given, policy_options, problem_line
 
 
 @click.command()
@@ -36,7 +32,7 @@ def explain(step: str, as_json: bool, **kwargs: Any) -> None:
 
     kwargs.pop("dry_run")
     kwargs.pop("max_depth")
-    explicit = _policy_given(click.get_current_context())
+    explicit = policy_given(click.get_current_context())
     policy, options = build_policy(kwargs)
     try:
         explanation = explain_step(step, policy, options, explicit=explicit)
@@ -50,9 +46,3 @@ def explain(step: str, as_json: bool, **kwargs: Any) -> None:
             click.echo(line)
     sys.exit(exitcodes.NOTHING_TO_DO)
 
-
-def _policy_given(ctx: click.Context) -> bool:
-    """Whether any policy option came from the command line or the environment (as `status`
-    decides it): then the plan is made with it, not with the running janitor's policy."""
-    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
-    return any(ctx.get_parameter_source(name) in given for name in _POLICY_PARAMS)

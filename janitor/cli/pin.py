@@ -9,6 +9,7 @@ regular file, 5 permission denied, read-only filesystem or another I/O error).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -27,17 +28,9 @@ def pin(step: str) -> None:
     A running janitor sees the pin before it deletes the step. Exit 0 pinned (or already),
     2 not a step directory, 4 a .janitor-pin that is not a regular file, 5 cannot write there.
     """
-    from janitor.fs.pins import PinError
-    from janitor.fs.pins import pin as pin_step
+    from janitor.fs import pins
 
-    shown = protocol.printable(step)
-    try:
-        created = pin_step(step)
-    except PinError as exc:
-        problem_line(exc.line)
-        sys.exit(exc.code)
-    click.echo(f"pinned: {shown}" if created else f"already pinned: {shown}")
-    sys.exit(exitcodes.NOTHING_TO_DO)
+    _change(pins.pin, step, "pinned", "already pinned")
 
 
 @click.command()
@@ -50,14 +43,20 @@ def unpin(step: str) -> None:
     Exit 0 unpinned (or was not pinned), 2 not a step directory, 4 a .janitor-pin that is not a
     regular file (never removed), 5 cannot write there.
     """
+    from janitor.fs import pins
+
+    _change(pins.unpin, step, "unpinned", "not pinned")
+
+
+def _change(act: Callable[[str], bool], step: str, done: str, already: str) -> None:
+    """Pin or unpin: one line saying which happened, or the PinError's line and its code."""
     from janitor.fs.pins import PinError
-    from janitor.fs.pins import unpin as unpin_step
 
     shown = protocol.printable(step)
     try:
-        removed = unpin_step(step)
+        changed = act(step)
     except PinError as exc:
         problem_line(exc.line)
         sys.exit(exc.code)
-    click.echo(f"unpinned: {shown}" if removed else f"not pinned: {shown}")
+    click.echo(f"{done if changed else already}: {shown}")
     sys.exit(exitcodes.NOTHING_TO_DO)

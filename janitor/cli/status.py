@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from janitor.cli import options as strict
-from janitor.cli.common import build_policy, policy_options, problem_line
+from janitor.cli.common import build_policy, policy_given, policy_options, problem_line
 
 
 @click.command()
@@ -29,7 +29,7 @@ def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
 
     kwargs.pop("dry_run")
     max_depth = int(kwargs.pop("max_depth"))
-    explicit = _policy_given(click.get_current_context())
+    explicit = policy_given(click.get_current_context())
     policy, options = build_policy(kwargs)
     code, reports = collect(tuple(roots), policy, options, max_depth, problem_line,
                             explicit=explicit)
@@ -43,13 +43,5 @@ def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
 
 # The version of `janitor status --json`'s document: raised when a field changes meaning.
 STATUS_SCHEMA = 2
-_POLICY_PARAMS = ("interval_to_keep", "keep_last", "gate", "complete_markers", "progress",
-                  "partial_grace")
 
-
-def _policy_given(ctx: click.Context) -> bool:
-    """Whether any policy option came from the command line or the environment (not a default):
-    then status plans with it instead of the running janitor's recorded policy."""
-    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
-    return any(ctx.get_parameter_source(name) in given for name in _POLICY_PARAMS)
 
