@@ -119,6 +119,9 @@ def test_debug_logs_why_each_pass_kept_what_it_looked_at(spawn: Spawn, tmp_path:
     daemon.wait_event("ready")
     publish_marker(managed, 7)
     wait_until(lambda: set(step_numbers(managed)) == {4, 7, 8, 9}, 30, "steps 1,2,3,5,6 to go")
+    # The steps go (renamed) before the pass's record is logged: wait for the line too.
+    wait_until(lambda: any("superseded" in e["reasons"] for e in daemon.named("pass_decided")),
+               10, "the deleting pass's pass_decided line")
     summary = next(e for e in daemon.named("pass_decided") if "superseded" in e["reasons"])
     assert summary["loaded_step"] == 7 and summary["newest_complete"] == 9
     assert summary["steps"] == 4, "the steps the directory holds after the pass"

@@ -280,10 +280,11 @@ class Fleet:
         except lock.LockHeldError as exc:
             return self._held_by_another(path, exc, at_start)
         except OSError as exc:
-            if path not in self.unmanageable:  # once per episode, not at every rescan
-                self.unmanageable.add(path)
-                log.error("directory_unmanageable", directory=path, error=os_error(exc),
-                          action="retrying at every rescan")
+            # Once per episode at error, not at every rescan; each retry at debug.
+            emit = log.debug if path in self.unmanageable else log.error
+            self.unmanageable.add(path)
+            emit("directory_unmanageable", directory=path, error=os_error(exc),
+                 action="retrying at every rescan")
             self.metrics.error("open")
             return False
         mode = self._mode_for(path, table)
@@ -313,10 +314,10 @@ class Fleet:
             return False
         if at_start:
             raise StartupError(exitcodes.REFUSED, str(exc)) from None
-        if path not in self.locked:
-            self.locked.add(path)
-            log.error("directory_locked", directory=path, holder=exc.holder,
-                      action="left alone; adopted at a rescan once it is free")
+        emit = log.debug if path in self.locked else log.error  # each retry at debug
+        self.locked.add(path)
+        emit("directory_locked", directory=path, holder=exc.holder,
+             action="left alone; adopted at a rescan once it is free")
         return False
 
     def _stream_for(self, path: str) -> str | None:
