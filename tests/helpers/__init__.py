@@ -14,6 +14,9 @@
 - `hooks`: the trainer_hooks tests' checker, and the child writer they SIGKILL (run as
   `python -m helpers.hooks`).
 - `options`: `janitor` run in-process, and an oracle of what every option accepts.
+- `trainer_trees`: trees real trainers write (a Hugging Face Trainer run, torchtitan's DCP
+  folders, an Orbax CheckpointManager), their reloaders, fixtures of Megatron-LM, verl and
+  DeepSpeed trees from their documented formats, and prime-rl's broadcast handshake.
 
 pytest finds this package because tests/ (no __init__.py, a conftest.py) is put on sys.path by
 its rootdir-relative `prepend` import mode; bench/faults.py puts tests/ on sys.path itself.
