@@ -3,6 +3,7 @@ hangs, answers garbage or lies costs status at most its time budget and shows as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,13 +20,14 @@ from janitor.fs import presence
 from janitor.ops.status import render
 
 
-def _fake(name: str, reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
-    """A peer on `@ckpt-janitor/<name>` that answers `reply` (None: accepts, never answers)."""
+def _fake(name: str, reply: bytes | None,
+          held: list[socket.socket]) -> tuple[socket.socket, threading.Thread]:
+    """A peer on `@ckpt-janitor/<name>` that answers `reply` (None: accepts, never answers,
+    keeping the connection in `held`, which the test closes: a socket left to the garbage
+    collector would close at a random moment of a later test that counts its fds)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind("\0" + presence.PREFIX + name)
     sock.listen(8)
-
-    held: list[socket.socket] = []
 
     def serve() -> None:
         while True:
@@ -39,17 +41,24 @@ def _fake(name: str, reply: bytes | None) -> tuple[socket.socket, threading.Thre
             with conn:
                 conn.sendall(reply)
 
-    thread = threading.Thread(target=serve, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True, name=f"fake-peer-{name}")
     thread.start()
     return sock, thread
 
 
 @pytest.fixture
 def fakes() -> Iterator[list[socket.socket]]:
+    """Every socket a test's fake peers made (listening and accepted), closed at teardown, and
+    their threads joined."""
     made: list[socket.socket] = []
     yield made
     for sock in made:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+    for thread in threading.enumerate():
+        if thread.name.startswith("fake-peer"):
+            thread.join(5)
 
 
 def test_hanging_garbage_and_lying_peers(fakes: list[socket.socket], tmp_path: Path) -> None:
@@ -59,7 +68,7 @@ def test_hanging_garbage_and_lying_peers(fakes: list[socket.socket], tmp_path: P
     tag = f"test{os.getpid()}."
     for suffix, reply in (("hang", None), ("garbage", b"\xff{not json"),
                           ("list", b"[1, 2]"), ("lie", json.dumps(lie).encode())):
-        fakes.append(_fake(tag + suffix, reply)[0])
+        fakes.append(_fake(tag + suffix, reply, fakes)[0])
     started = time.monotonic()
     records = presence.peers()
     assert time.monotonic() - started < presence.TOTAL_WAIT_S + 1
