@@ -87,7 +87,7 @@ def race_table(f: Figures) -> str:
 
 
 def race_headroom(f: Figures) -> str:
-    """docs/integration-prime-rl.md, "Disk headroom": the peaks and the N-2 rule's failures."""
+    """docs/integrations/prime-rl.md, "Disk headroom": the peaks and the N-2 rule's failures."""
     race = f["race"]
     c = race["cleaners"]
     steps = c["janitor"]["steps"]
@@ -110,7 +110,7 @@ RENDERERS: dict[str, Callable[[Figures], str]] = {
 # Where each block must be: a document that lost one (a republish) fails the check.
 PLACES: dict[str, tuple[str, ...]] = {
     "docs/PERFORMANCE.md": ("race-table",),
-    "docs/integration-prime-rl.md": ("race-headroom",),
+    "docs/integrations/prime-rl.md": ("race-headroom",),
     "docs/deploy.md": ("idle-rss",),
 }
 

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "figures.py"
 DOCUMENTS = ("docs/figures.json", "docs/PERFORMANCE.md", "docs/deploy.md",
-             "docs/integration-prime-rl.md")
+             "docs/integrations/prime-rl.md")
 
 
 def figures(*args: str, root: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -100,7 +100,7 @@ def test_record_race_then_write_updates_every_document(root: Path, tmp_path: Pat
     assert problems and all("the summary row 'Consumer load failures" in p for p in problems)
     performance = (root / "docs" / "PERFORMANCE.md").read_text()
     assert "| inline-n2 | 500 | 9 | 0.0123 | 5 | 0 |" in performance
-    headroom = (root / "docs" / "integration-prime-rl.md").read_text()
+    headroom = (root / "docs" / "integrations" / "prime-rl.md").read_text()
     assert "peaked at 66 (the janitor) and 77 (gated inline)" in headroom
     assert "against 5 for the N-2 rule, which failed 9 loads" in headroom
     assert "(2026-12-01, docs/PERFORMANCE.md" in headroom
