@@ -27,10 +27,10 @@ import pytest
 from helpers import trainer_trees as trees
 from helpers.daemon import Daemon
 from helpers.run import Ran, run_janitor
-from helpers.tree import tree_state, write_marker
+from helpers.tree import newest_change_ns, tree_state, wait_for_fs_clock, write_marker
 from helpers.wait import wait_until
 
-from janitor import exitcodes
+from janitor import exitcodes, protocol
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
@@ -126,6 +126,14 @@ def decisions(report: dict) -> dict[str, tuple[str, str]]:
     return {d["name"]: (d["action"], d["reason"]) for d in report["decisions"]}
 
 
+def trainer_files(directory: Path) -> dict[str, tuple[object, ...]]:
+    """tree_state of what the trainer wrote: without the directory's own entry and the
+    janitor's lock file and trash (a real sweep takes the lock even where it deletes nothing)."""
+    own = {protocol.LOCK_FILE, protocol.TRASH_DIR}
+    return {path: state for path, state in tree_state(directory).items()
+            if path != "." and path.split("/")[0] not in own}
+
+
 def reload_all(tree: RealTree, directory: Path, steps: set[int]) -> None:
     for step in sorted(steps):
         assert tree.reload(directory, step) == step
@@ -180,10 +188,10 @@ def test_gated_by_loaded_step_nothing_at_or_above_it_goes(real: RealTree, tmp_pa
 
 def test_without_a_marker_a_gated_sweep_deletes_nothing(real: RealTree, tmp_path: Path) -> None:
     directory = real.copy(tmp_path / "run")
-    before = tree_state(directory)
+    before = trainer_files(directory)
     ran = run_janitor("sweep", "--layout", real.layout, "--keep-last", "1", directory)
     assert ran.code == exitcodes.REFUSED, ran
-    assert tree_state(directory) == before
+    assert trainer_files(directory) == before
     assert any(line.startswith("janitor: ") and "LOADED_STEP" in line for line in ran.err_lines)
 
 
@@ -277,11 +285,11 @@ def test_a_tracker_naming_no_step_stops_deletion(
         tracked: TrackedLayout, tmp_path: Path, content: int | str) -> None:
     directory = tmp_path / "save"
     tracked.build(directory, SAVED, content)
-    before = tree_state(directory)
+    before = trainer_files(directory)
     ran = run_janitor("sweep", "--layout", tracked.layout, "--no-gate", "--keep-last", "1",
                       directory)
     assert ran.code == exitcodes.REFUSED, ran
-    assert tree_state(directory) == before
+    assert trainer_files(directory) == before
     assert "Traceback" not in ran.stderr
     lines = [line for line in ran.err_lines if tracked.tracker in line]
     assert lines and all(line.startswith("janitor: ") for line in lines), ran.stderr
@@ -356,6 +364,21 @@ def _receiver(root: Path, steps: range, seen: Handshake, stop: threading.Event) 
             seen.errors.append(f"receiver: {exc!r}")
 
 
+def acknowledge(root: Path, step: int) -> None:
+    """The consumer's `.receiver_ready`, strictly after every change below it on the
+    filesystem's clock (a live consumer acknowledges after loading the step before; in a tree
+    built in one go, all of it could fall in one coarse clock tick)."""
+    wait_for_fs_clock(root, newest_change_ns(root))
+    trees.prime_rl_receive(root, step)
+
+
+def broadcast(root: Path, step: int) -> None:
+    """One whole broadcast, acknowledged: offer, acknowledgement, transfer."""
+    trees.prime_rl_offer(root, step)
+    acknowledge(root, step)
+    trees.prime_rl_transfer(root, step)
+
+
 def step_dirs(root: Path) -> list[str]:
     """The broadcast directories (not the janitor's own lock and trash), sorted."""
     return sorted(name for name in os.listdir(root) if name.startswith("step_"))
@@ -366,7 +389,10 @@ def test_prime_rl_broadcasts_live_beside_the_trainers_own_cleanup(tmp_path: Path
     root.mkdir(parents=True)
     trees.prime_rl_broadcast(root, 0)  # the startup broadcast, received
     last = 60
-    daemon = Daemon(["--layout", "prime-rl-broadcasts", "--audit-log", "off", root])
+    # A short rescan: this test is about safety beside the trainer's own cleanup; how fast a
+    # sentinel written inside a step is seen is the next test's business.
+    daemon = Daemon(["--layout", "prime-rl-broadcasts", "--audit-log", "off",
+                     "--rescan-interval", "2", root])
     seen = Handshake()
     stop = threading.Event()
     threads = [threading.Thread(target=target, args=(root, range(1, last + 1), seen, stop))
@@ -381,8 +407,12 @@ def test_prime_rl_broadcasts_live_beside_the_trainers_own_cleanup(tmp_path: Path
         assert seen.loaded == list(range(1, last + 1))
         # The trainer left step_{last-1} and step_{last}; the receiver acknowledged the last, so
         # the janitor deletes the one below it, and keeps the newest.
-        wait_until(lambda: step_dirs(root) == [f"step_{last}"], 20.0,
-                   "the janitor to delete the step below the acknowledged one")
+        try:
+            wait_until(lambda: step_dirs(root) == [f"step_{last}"], 20.0,
+                       "the janitor to delete the step below the acknowledged one")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; on disk {step_dirs(root)}; the janitor's log:\n"
+                                 + "\n".join(daemon.lines[-25:])) from None
         assert daemon.proc.poll() is None, "the janitor stopped"
     finally:
         stop.set()
@@ -404,6 +434,39 @@ def test_prime_rl_broadcasts_live_beside_the_trainers_own_cleanup(tmp_path: Path
     assert not daemon.not_json, daemon.not_json
 
 
+def test_prime_rl_a_sentinel_inside_a_step_is_seen_without_waiting_for_a_rescan(
+        tmp_path: Path) -> None:
+    """The acknowledgement and then `.finished` are written inside a step directory the janitor
+    has already seen, with no change in the broadcast directory itself: the daemon must react to
+    both, not only at the next full rescan (30 s). `.finished` in the acknowledged step is what
+    makes the step below it deletable (it is no longer the newest complete one)."""
+    root = tmp_path / "broadcasts"
+    root.mkdir()
+    broadcast(root, 1)
+    broadcast(root, 2)
+    daemon = Daemon(["--layout", "prime-rl-broadcasts", "--audit-log", "off",
+                     "--log-level", "debug", root])
+    try:
+        daemon.wait_event("ready")
+        wait_until(lambda: step_dirs(root) == ["step_2"], 10.0, "step_1 deleted at start")
+        trees.prime_rl_offer(root, 3)
+        daemon.wait_event("pass_decided", steps=2, loaded_step=2)  # it has seen step_3
+        acknowledge(root, 3)
+        # It has seen the acknowledgement; the weights and `.finished` come after it, as in
+        # prime-rl (the trainer waits for `.receiver_ready` before it transfers).
+        daemon.wait_event("pass_decided", steps=2, loaded_step=3)
+        trees.prime_rl_transfer(root, 3)
+        try:
+            wait_until(lambda: step_dirs(root) == ["step_3"], 5.0,
+                       "step_2 deleted once step_3 is acknowledged and finished")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the janitor's log:\n"
+                                 + "\n".join(daemon.lines[-15:])) from None
+    finally:
+        daemon.stop()
+        daemon.kill()
+
+
 @pytest.fixture
 def broadcasts(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "broadcasts"
@@ -417,9 +480,9 @@ def test_prime_rl_progress_comes_from_receiver_ready(broadcasts: Path) -> None:
     consumer is about to load: everything below the newest finished step that is below it may
     go, nothing at or above it."""
     for step in range(1, 5):
-        trees.prime_rl_broadcast(broadcasts, step)
+        broadcast(broadcasts, step)
     trees.prime_rl_offer(broadcasts, 5)
-    trees.prime_rl_receive(broadcasts, 5)
+    acknowledge(broadcasts, 5)
     (broadcasts / "step_5" / trees.STARTED).touch()
     trees.prime_rl_offer(broadcasts, 6)
     ran, report = sweep(broadcasts, "--layout", "prime-rl-broadcasts")
