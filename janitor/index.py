@@ -15,12 +15,12 @@ rescan (start, timer, overflow) checks it name by name (`check`), and what diffe
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 from janitor import protocol
-from janitor.model import TRASH, Consumer, Entry, Foreign, Item, Snapshot, Trash
-from janitor.policy import Context, Policy, context_of, progress_of
+from janitor.model import TRASH, Consumer, Entry, Foreign, Item, Pointer, Snapshot, Trash
+from janitor.policy import Context, Policy, context_of, pointer_facts, progress_of
 
 # How many of the newest incomplete steps each pass reads again (see `watch_list`).
 WATCHED_INCOMPLETE = 16
@@ -46,6 +46,8 @@ def _kind(item: Item) -> str:
         return "foreign"
     if isinstance(item, Consumer):
         return "marker"
+    if isinstance(item, Pointer):
+        return "tracker"
     return "trash"
 
 
@@ -58,6 +60,8 @@ def _same(a: Item, b: Item) -> bool:
     if isinstance(a, Foreign) and isinstance(b, Foreign):
         return True
     if isinstance(a, Consumer) and isinstance(b, Consumer):
+        return True
+    if isinstance(a, Pointer) and isinstance(b, Pointer):
         return True
     return type(a) is type(b)
 
@@ -116,6 +120,7 @@ class DirectoryIndex:
         self.entries: dict[str, Entry] = {}  # steps and staging directories
         self.foreign: dict[str, Foreign] = {}
         self.consumers: dict[str, Consumer] = {}  # by file name
+        self.pointers: dict[str, Pointer] = {}  # a layout's tracker files, by file name
         self.trash_present = False
         self._by_number: dict[int, str] = {}
         self._steps = _Sorted()  # every step number
@@ -140,6 +145,9 @@ class DirectoryIndex:
             index.put(foreign.name, foreign)
         for consumer in snapshot.consumers:
             index.put(consumer.filename, consumer)
+        for pointer in snapshot.pointers:
+            if pointer.complete_through:  # a tracker; a best pointer is read by each pass
+                index.put(pointer.filename, pointer)
         index.trash_present = snapshot.trash_present
         return index
 
@@ -150,6 +158,8 @@ class DirectoryIndex:
             return self.foreign[name]
         if name in self.consumers:
             return self.consumers[name]
+        if name in self.pointers:
+            return self.pointers[name]
         return TRASH if name == protocol.TRASH_DIR and self.trash_present else None
 
     def put(self, name: str, item: Item, *, verified: bool = True) -> None:
@@ -174,6 +184,8 @@ class DirectoryIndex:
             self.foreign[name] = item
         elif isinstance(item, Consumer):
             self.consumers[name] = item
+        elif isinstance(item, Pointer):
+            self.pointers[name] = item
         elif isinstance(item, Trash):
             self.trash_present = True
 
@@ -226,6 +238,8 @@ class DirectoryIndex:
             return
         if self.consumers.pop(name, None) is not None:
             return
+        if self.pointers.pop(name, None) is not None:
+            return
         if name == protocol.TRASH_DIR:
             self.trash_present = False
 
@@ -235,6 +249,7 @@ class DirectoryIndex:
         yield from self.entries
         yield from self.foreign
         yield from self.consumers
+        yield from self.pointers
         if self.trash_present:
             yield protocol.TRASH_DIR
 
@@ -242,20 +257,40 @@ class DirectoryIndex:
         return self.entries[self._by_number[number]]
 
     @property
+    def step_numbers(self) -> Container[int]:
+        """Membership of step numbers (a view: no copy)."""
+        return self._by_number.keys()
+
+    @property
     def step_count(self) -> int:
         return len(self._steps)
 
-    def context(self, scanned_ns: int) -> Context:
-        """The same Context `policy.plan` would derive from a full snapshot of this index."""
+    def context(self, scanned_ns: int, best: Pointer | None = None) -> Context:
+        """The same Context `policy.plan` would derive from a full snapshot of this index (and
+        `best`, the best pointer a pass read from the newest complete step, if any)."""
         policy = self.policy
         newest = self._steps.last()
         ready = self._ready.last()
         consumers = [self.consumers[k] for k in sorted(self.consumers)]
         progress = progress_of(consumers, newest,
                                None if ready is None else self.step(ready), policy)
+        pointers = [self.pointers[k] for k in sorted(self.pointers)]
+        facts = pointer_facts(pointers + ([best] if best is not None else []),
+                              self._by_number.__contains__)
+        return context_of(progress, self._top_complete(facts.complete_through), scanned_ns,
+                          policy, facts)
+
+    def _top_complete(self, through: int | None) -> list[int]:
+        """The `keep_last` newest complete steps, newest first: those holding a completion
+        file, and with a tracker every step at or below it (found by bisection)."""
+        keep = self.policy.keep_last
         complete = self._complete.values
-        top = complete[len(complete) - min(policy.keep_last, len(complete)):][::-1]
-        return context_of(progress, top, scanned_ns, policy)
+        top = complete[len(complete) - min(keep, len(complete)):]
+        if through is not None:
+            steps = self._steps.values
+            end = bisect.bisect_right(steps, through)
+            top = sorted(set(top) | set(steps[max(0, end - keep):end]))[-keep:]
+        return top[::-1]
 
     def candidates(self, context: Context) -> list[Entry]:
         """Every entry `policy.decide` could doom under `context` (a superset): the staging
@@ -279,7 +314,7 @@ class DirectoryIndex:
         consumer markers, the `keep_last` newest complete steps (a completion marker removed
         inside a step sends its parent no event), the newest incomplete steps above the oldest
         of those (one may have completed in place), the newest step and the newest sentinel."""
-        names = list(self.consumers)
+        names = list(self.consumers) + list(self.pointers)
         complete = self._complete.values
         top = complete[len(complete) - min(self.policy.keep_last, len(complete)):]
         floor = top[0] if top else -1
@@ -310,7 +345,8 @@ class DirectoryIndex:
         return Snapshot(path, dev, scanned_ns, tuple(ordered),
                         tuple(sorted(strangers, key=lambda f: f.name)),
                         tuple(self.consumers[k] for k in sorted(self.consumers)),
-                        self.trash_present)
+                        self.trash_present,
+                        tuple(self.pointers[k] for k in sorted(self.pointers)))
 
     # ---- checking -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from janitor import protocol
+from janitor.layouts import STEP, Layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,10 @@ class ScanOptions:
     # Also read per-step `.receiver_ready` sentinels (the handshake some trainers use instead of
     # LOADED_STEP); costs one stat per step, so only when asked.
     receiver_ready: bool = False
+    # How steps are named, completed and pointed at (janitor.layouts); `step` is the protocol.
+    layout: Layout = STEP
+    # With --layout auto and no --progress: each directory reads its detected layout's source.
+    progress_from_layout: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,18 @@ class Consumer:
 
 
 @dataclass(frozen=True, slots=True)
+class Pointer:
+    """A file that names a step to keep: a trainer's tracker in the managed directory (then every
+    step at or below it is complete) or the best checkpoint recorded in the newest complete step.
+    `problem` says why it names nothing usable; the directory then deletes nothing."""
+
+    filename: str
+    step: int | None
+    problem: str | None
+    complete_through: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything `policy.plan` needs about one managed directory at one moment."""
 
@@ -81,6 +98,7 @@ class Snapshot:
     foreign: tuple[Foreign, ...] = ()
     consumers: tuple[Consumer, ...] = ()
     trash_present: bool = False
+    pointers: tuple[Pointer, ...] = ()
     steps: tuple[Entry, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,4 +115,4 @@ TRASH = Trash()
 
 # What one name in a managed directory is, as `fs.scan.classify` reads it (None: nothing the
 # janitor decides about, e.g. its lock file or a stranger's file).
-Item = Entry | Foreign | Consumer | Trash | None
+Item = Entry | Foreign | Consumer | Pointer | Trash | None

@@ -8,13 +8,14 @@ project's vocabulary; docs/policy.md explains each one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from janitor.model import Consumer, Entry, Snapshot
+from janitor.layouts import Layout
+from janitor.model import Consumer, Entry, Pointer, ScanOptions, Snapshot
 from janitor.protocol import printable
 
 
@@ -23,6 +24,7 @@ class Reason(StrEnum):
 
     PINNED = "pinned"
     NO_VALID_MARKER = "no-valid-marker"
+    POINTED_TO = "pointed-to"  # a trainer's tracker or best pointer names it (janitor.layouts)
     INTERVAL_MULTIPLE = "interval-multiple"
     NEWEST_COMPLETE = "newest-complete"
     IN_PROGRESS = "in-progress"
@@ -125,6 +127,17 @@ class Policy:
                    keep_last=record["keep_last"], partial_grace_s=grace, progress=progress)
 
 
+def for_layout(layout: Layout, options: ScanOptions, policy: Policy, *,
+               markers: tuple[str, ...] | None = None,
+               progress: ProgressSource | None = None) -> tuple[ScanOptions, Policy]:
+    """The options and policy for one layout: its completion files unless `markers` (the
+    --complete-marker flags) are given, its progress source unless `progress` is."""
+    source = progress or layout.progress
+    chosen = replace(policy, progress=source) if policy.gated else policy
+    return replace(options, layout=layout, complete_markers=markers or layout.complete,
+                   receiver_ready=chosen.progress == "receiver-ready"), chosen
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     entry: Entry
@@ -173,6 +186,16 @@ class Context:
     newest_complete: int | None
     kept_last: frozenset[int]
     recent_ns: int
+    # The steps a trainer's pointer files name (kept), and the highest step a tracker says
+    # is complete (every step at or below it is, whatever completion files it holds).
+    pointed: frozenset[int] = frozenset()
+    complete_through: int | None = None
+
+    def complete(self, entry: Entry) -> bool:
+        """Whether a step counts as complete: a completion file, or at or below a tracker."""
+        through = self.complete_through
+        return entry.complete or (through is not None and entry.number is not None
+                                  and entry.number <= through)
 
 
 def read_progress(snapshot: Snapshot, policy: Policy) -> Progress:
@@ -218,19 +241,63 @@ def _marker_progress(consumers: Sequence[Consumer], newest: int | None) -> Progr
 
 
 def context_of(progress: Progress, complete_desc: Sequence[int], scanned_ns: int,
-               policy: Policy) -> Context:
-    """The Context from the progress and the complete step numbers, newest first (only the
-    first `keep_last` are read)."""
+               policy: Policy, pointers: PointerFacts | None = None) -> Context:
+    """The Context from the progress, the complete step numbers, newest first (only the first
+    `keep_last` are read; with a tracker, every step at or below it counts), and what the
+    pointer files say (a pointer problem halts the directory as a marker problem does)."""
+    facts = pointers or PointerFacts()
+    if facts.problem is not None and progress.problem is None:
+        progress = Progress(progress.loaded_step, progress.marker_ns, facts.problem)
     top = complete_desc[: policy.keep_last]
     return Context(progress, top[0] if top else None, frozenset(top),
-                   scanned_ns - int(policy.partial_grace_s * 1e9))
+                   scanned_ns - int(policy.partial_grace_s * 1e9), facts.pointed,
+                   facts.complete_through)
+
+
+@dataclass(frozen=True, slots=True)
+class PointerFacts:
+    """What a directory's pointer files say, checked against the steps it holds."""
+
+    pointed: frozenset[int] = frozenset()
+    complete_through: int | None = None
+    problem: str | None = None
+
+
+def pointer_facts(pointers: Sequence[Pointer], holds: Callable[[int], bool]) -> PointerFacts:
+    """The steps pointed at and the tracker's complete-through step; a pointer that names
+    nothing usable, or a step the directory does not hold (`holds`), is a problem: then nothing
+    is deleted, since the trainer's idea of this directory is not what is on disk."""
+    pointed: set[int] = set()
+    through: int | None = None
+    for pointer in pointers:
+        if pointer.problem is not None:
+            return PointerFacts(problem=f"{printable(pointer.filename)}: {pointer.problem}")
+        step = pointer.step
+        if step is None:
+            continue
+        if not holds(step):
+            return PointerFacts(problem=f"{printable(pointer.filename)} names step {step}, "
+                                        "which is not here")
+        pointed.add(step)
+        if pointer.complete_through:
+            through = step if through is None else max(through, step)
+    return PointerFacts(frozenset(pointed), through)
+
+
+def snapshot_context(snapshot: Snapshot, policy: Policy) -> tuple[Context, list[int]]:
+    """The Context of a whole snapshot, and its complete step numbers, newest first."""
+    numbers = {e.number for e in snapshot.steps}
+    facts = pointer_facts(snapshot.pointers, numbers.__contains__)
+    through = facts.complete_through
+    complete = sorted((e.number for e in snapshot.steps if e.number is not None and (
+        e.complete or (through is not None and e.number <= through))), reverse=True)
+    return context_of(read_progress(snapshot, policy), complete, snapshot.scanned_ns, policy,
+                      facts), complete
 
 
 def plan(snapshot: Snapshot, policy: Policy) -> Plan:
     """Decide keep or delete, with the rule that decided, for every entry of the snapshot."""
-    complete = sorted((e.number for e in snapshot.steps if e.complete and e.number is not None),
-                      reverse=True)
-    context = context_of(read_progress(snapshot, policy), complete, snapshot.scanned_ns, policy)
+    context, _ = snapshot_context(snapshot, policy)
     decisions = tuple(decide(e, policy, context) for e in snapshot.entries)
     return Plan(decisions, context.progress, context.newest_complete)
 
@@ -242,7 +309,7 @@ def decide(entry: Entry, policy: Policy, context: Context) -> Decision:
         return Decision(entry, delete=False, reason=reason)
     if entry.staging:
         return Decision(entry, delete=True, reason=Reason.ABANDONED_STAGING)
-    if entry.complete:
+    if context.complete(entry):
         return Decision(entry, delete=True, reason=Reason.SUPERSEDED)
     return Decision(entry, delete=True, reason=Reason.ABANDONED_PARTIAL)
 
@@ -255,14 +322,16 @@ def _keep_reason(entry: Entry, policy: Policy, context: Context) -> Reason | Non
         return Reason.PINNED
     if progress.problem is not None:
         return Reason.NO_VALID_MARKER
+    if number is not None and number in context.pointed:
+        return Reason.POINTED_TO
     if number is None:  # a staging directory: no step yet, only its age matters
         return Reason.IN_PROGRESS if entry.changed_ns > recent_ns else None
     if policy.interval_to_keep is not None and number % policy.interval_to_keep == 0:
         return Reason.INTERVAL_MULTIPLE
     if number == newest_complete:
         return Reason.NEWEST_COMPLETE
-    if not entry.complete and (newest_complete is None or number > newest_complete
-                               or entry.changed_ns > recent_ns):
+    if not context.complete(entry) and (newest_complete is None or number > newest_complete
+                                        or entry.changed_ns > recent_ns):
         return Reason.IN_PROGRESS
     if number in context.kept_last:
         return Reason.KEEP_LAST
@@ -311,11 +380,16 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
     rules = [Rule("pinned", entry.pinned, "holds .janitor-pin" if entry.pinned
                   else "no .janitor-pin", Reason.PINNED),
              Rule("no-valid-marker", progress.problem is not None,
-                  _progress_detail(policy, progress, consumers), Reason.NO_VALID_MARKER)]
+                  _progress_detail(policy, progress, consumers), Reason.NO_VALID_MARKER),
+             Rule("pointed-to", number is not None and number in context.pointed,
+                  "a trainer's pointer names it" if number in context.pointed else
+                  "no pointer names it" if not context.pointed else
+                  "the pointers name " + ", ".join(map(str, sorted(context.pointed))),
+                  Reason.POINTED_TO)]
     if number is None:
         step_rules = ("interval-multiple", "newest-complete", "keep-last", "at-or-above-loaded",
                       "changed-after-marker")
-        rules.insert(2, Rule("in-progress", recent, f"staging directory {changed}",
+        rules.insert(3, Rule("in-progress", recent, f"staging directory {changed}",
                              Reason.IN_PROGRESS))
         rules.extend(Rule(name, False, "a staging directory: no step number", Reason(name))
                      for name in step_rules)
@@ -333,12 +407,15 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
     rules.append(Rule("newest-complete", number == newest,
                       "no complete step here" if newest is None
                       else f"the newest complete step is {newest}", Reason.NEWEST_COMPLETE))
-    rules.append(_in_progress(entry, number, newest, recent, markers, changed))
+    complete = context.complete(entry)
+    if complete and not entry.complete:
+        markers = f"{markers}, or at or below the tracker's step {context.complete_through}"
+    rules.append(_in_progress(entry, complete, number, newest, recent, markers, changed))
     rules.append(Rule("keep-last", number in context.kept_last,
-                      _rank(entry, number, policy, complete_desc), Reason.KEEP_LAST))
+                      _rank(complete, number, policy, complete_desc), Reason.KEEP_LAST))
     rules.extend(_gate_rules(entry, number, policy, progress, consumers))
     rules.append(Rule("superseded", True, "deleted when no rule above applies (complete)",
-                      Reason.SUPERSEDED) if entry.complete else
+                      Reason.SUPERSEDED) if complete else
                  Rule("abandoned-partial", True, "deleted when no rule above applies "
                       "(incomplete)", Reason.ABANDONED_PARTIAL))
     return rules
@@ -355,9 +432,9 @@ def _progress_detail(policy: Policy, progress: Progress, consumers: Sequence[Con
     return f"every marker valid: {shown}" if shown else "every marker valid"
 
 
-def _in_progress(entry: Entry, number: int, newest: int | None, recent: bool, markers: str,
-                 changed: str) -> Rule:
-    if entry.complete:
+def _in_progress(entry: Entry, complete: bool, number: int, newest: int | None, recent: bool,
+                 markers: str, changed: str) -> Rule:
+    if complete:
         return Rule("in-progress", False, f"complete (holds {markers})", Reason.IN_PROGRESS)
     if newest is None or number > newest:
         why = ("no complete step here" if newest is None
@@ -367,9 +444,10 @@ def _in_progress(entry: Entry, number: int, newest: int | None, recent: bool, ma
                 f"complete step {newest}, {changed}", Reason.IN_PROGRESS)
 
 
-def _rank(entry: Entry, number: int, policy: Policy, complete_desc: Sequence[int] | None) -> str:
+def _rank(complete: bool, number: int, policy: Policy,
+          complete_desc: Sequence[int] | None) -> str:
     keep = f"--keep-last {policy.keep_last}"
-    if not entry.complete:
+    if not complete:
         return f"incomplete: not counted; {keep}"
     if complete_desc is None or number not in complete_desc:
         return keep

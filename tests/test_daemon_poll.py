@@ -28,6 +28,7 @@ from janitor.daemon import fleet as fleet_module
 from janitor.daemon.notify import Notifier
 from janitor.daemon.watch import Target, _DirHandler
 from janitor.fs.paths import Discovery
+from janitor.layouts import Layout
 from janitor.model import ScanOptions
 from janitor.policy import Policy
 
@@ -177,9 +178,10 @@ def test_a_poll_lists_no_managed_directory(tmp_path: Path,
         looked: list[str] = []
         real = fleet_module.discover_below
 
-        def counting(path: str, depth_left: int, known: Container[str]) -> Discovery:
+        def counting(path: str, depth_left: int, known: Container[str],
+                     *layouts: tuple[Layout, ...]) -> Discovery:
             looked.append(path)
-            return real(path, depth_left, known)
+            return real(path, depth_left, known, *layouts)
 
         monkeypatch.setattr(fleet_module, "discover_below", counting)
         make_steps(managed, [4])

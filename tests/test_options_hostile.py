@@ -34,6 +34,7 @@ from typing import Any
 import click
 import pytest
 from helpers.options import (
+    LAYOUTS,
     SPECS_BY_COMMAND,
     RefusedError,
     Spec,
@@ -82,6 +83,7 @@ def valid_text(spec: Spec) -> st.SearchStrategy[str]:
         "--keep-last": st.integers(1, 12).map(str),
         "--complete-marker": st.sampled_from(["STABLE", ".metadata", ".finished"]),
         "--progress": st.sampled_from(["loaded-step", "receiver-ready"]),
+        "--layout": st.sampled_from(list(LAYOUTS)),
         "--partial-grace": st.sampled_from(["0", "0.5", "600", "31536000", "007.250"]),
         "--max-depth": st.integers(0, 5).map(str),
         "--reclaim-workers": st.integers(1, 8).map(str),
@@ -223,6 +225,9 @@ def expected(case: Case, command: str) -> dict[str, Any]:
             values[spec.name] = tuple(marker_name(name) for name in names)
         else:
             values[spec.name] = spec.parse(setting.value)
+    if values.get("layout") == "auto" and any(s.spec.flag == "--complete-marker"
+                                              for s in case.settings):
+        raise RefusedError("--complete-marker with --layout auto: each layout has its own")
     how = case.roots[0]
     if how == "env-rel" or how.endswith("-raw"):
         raise RefusedError("blank root, or a relative root from the environment")
@@ -447,6 +452,7 @@ def test_the_oracle_covers_every_option_of_the_command(command: str) -> None:
     options.discard(("--help", None))
     # Left to their own suites: a path (tests/test_audit_hostile.py) and an output switch
     # without a variable (every other test reads it).
-    options -= {("--audit-log", "JANITOR_AUDIT_LOG"), ("--json", None)}
+    options -= {("--audit-log", "JANITOR_AUDIT_LOG"), ("--json", None),
+                ("--layout-file", "JANITOR_LAYOUT_FILE")}  # tests/test_layout_file.py
     covered = {(spec.flag, spec.envvar) for spec in SPECS_BY_COMMAND[command]}
     assert options - covered == set(), "options not in tests/helpers/options.py"

@@ -13,13 +13,14 @@ from typing import Any
 
 import click
 
-from janitor import protocol
+from janitor import layout_file, layouts, protocol
 from janitor.cli import options as strict
 from janitor.fs import reserved
+from janitor.layouts import Layout
 from janitor.model import ScanOptions
 from janitor.ops import audit
 from janitor.ops.audit import AuditLog
-from janitor.policy import Policy, PolicyError
+from janitor.policy import Policy, PolicyError, for_layout
 
 F = Callable[..., Any]
 
@@ -52,6 +53,13 @@ def policy_options(command: F) -> F:
                       show_default=True, envvar="JANITOR_PARTIAL_GRACE", show_envvar=True,
                       metavar="SECONDS",
                       help="Incomplete steps and staging dirs changed more recently are kept."),
+        strict.option("--layout", type=click.Choice(list(layouts.NAMES)), default="step",
+                      show_default=True, envvar="JANITOR_LAYOUT", show_envvar=True,
+                      help="How the trainer names and completes its steps (docs/layouts.md): "
+                           "step is this project's protocol; auto detects it per directory."),
+        strict.option("--layout-file", type=strict.FILE_PATH, default=None,
+                      envvar="JANITOR_LAYOUT_FILE", show_envvar=True, metavar="PATH",
+                      help="A layout of your own, from a TOML file (docs/layouts.md)."),
         strict.option("--max-depth", type=strict.MAX_DEPTH, default=3, show_default=True,
                       envvar="JANITOR_MAX_DEPTH", show_envvar=True,
                       help="How deep under each root to look for managed directories."),
@@ -114,7 +122,10 @@ def _could_create(path: Path) -> bool:
 
 
 def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
-    """The Policy and ScanOptions from parsed options; a bad combination is a usage error."""
+    """The Policy and ScanOptions from parsed options; a bad combination is a usage error.
+
+    The layout gives the completion files and the progress source unless --complete-marker or
+    --progress is given; with `auto` each directory's detected layout gives them."""
     markers = tuple(kwargs.pop("complete_markers"))  # each checked by strict.MARKER
     try:
         policy = Policy(gated=kwargs.pop("gate"), interval_to_keep=kwargs.pop("interval_to_keep"),
@@ -123,9 +134,38 @@ def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
                         progress=kwargs.pop("progress"))
     except PolicyError as exc:
         raise click.UsageError(str(exc)) from None
-    options = ScanOptions(complete_markers=markers,
-                          receiver_ready=policy.progress == "receiver-ready")
+    layout = _layout(kwargs.pop("layout"), kwargs.pop("layout_file"))
+    markers_given, progress_given = _given("complete_markers"), _given("progress")
+    if layout.name == layouts.AUTO:
+        if markers_given:
+            raise click.UsageError("--complete-marker cannot be combined with --layout auto "
+                                   "(each detected layout has its own); name the layout")
+        options = ScanOptions(complete_markers=(), layout=layout,
+                              receiver_ready=policy.progress == "receiver-ready",
+                              progress_from_layout=not progress_given)
+        return policy, options
+    options, policy = for_layout(layout, ScanOptions(), policy,
+                                 markers=markers if markers_given else None,
+                                 progress=policy.progress if progress_given else None)
     return policy, options
+
+
+def _layout(name: str, path: str | None) -> Layout:
+    if path is None:
+        return layouts.BUILT_IN.get(name, layouts.AUTO_LAYOUT)
+    if _given("layout"):
+        raise click.UsageError("give --layout or --layout-file, not both")
+    try:
+        return layout_file.load(path)
+    except layout_file.LayoutFileError as exc:
+        raise click.UsageError(f"--layout-file {protocol.printable(path)}: {exc}") from None
+
+
+def _given(name: str) -> bool:
+    """Whether the option `name` came from the command line or the environment."""
+    ctx = click.get_current_context(silent=True)
+    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return ctx is not None and ctx.get_parameter_source(name) in sources
 
 
 def problem_line(line: str) -> None:
@@ -137,7 +177,7 @@ def problem_line(line: str) -> None:
 # The options that make up a policy: given explicitly, they replace a running janitor's recorded
 # one in `status` and `explain`.
 _POLICY_PARAMS = ("interval_to_keep", "keep_last", "gate", "complete_markers", "progress",
-                  "partial_grace")
+                  "partial_grace", "layout", "layout_file")
 
 
 def policy_given(ctx: click.Context) -> bool:

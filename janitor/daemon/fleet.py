@@ -22,6 +22,7 @@ from janitor.daemon.metrics import Metrics
 from janitor.daemon.watch import InotifyWatcher, Signature, Target, signature
 from janitor.fs import lock, mounts
 from janitor.fs.paths import Discovery, Stamp, directory_stamp, discover, discover_below
+from janitor.layouts import searched
 from janitor.ops.incremental import TrackedDirectory
 from janitor.ops.managed import ManagedDirectory
 
@@ -56,8 +57,9 @@ class Held:
 
     def polled_names(self) -> tuple[str, ...]:
         """The files inside a polled managed directory whose stat the poll compares."""
-        return self.markers + tuple(f"{step}/{protocol.RECEIVER_READY_MARKER}"
-                                    for step in self.sentinel_steps)
+        inside = (protocol.RECEIVER_READY_MARKER, *self.tracked.managed.options.complete_markers)
+        return self.markers + tuple(f"{step}/{name}" for step in self.sentinel_steps
+                                    for name in inside)
 
 
 @dataclass(slots=True)
@@ -88,6 +90,8 @@ class Fleet:
         self.locked: set[str] = set()
         self.unmanageable: set[str] = set()
         self._cap_said = False
+        # The layouts whose steps make a directory managed (all of them with --layout auto).
+        self._layouts = searched(config.options.layout)
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -119,7 +123,7 @@ class Fleet:
         beyond: set[str] = set()
         for root in self.config.roots:
             self.root_ids[root] = _identity(root)
-            discovery = discover(root, self.config.max_depth, skip)
+            discovery = discover(root, self.config.max_depth, skip, self._layouts)
             found.extend(discovery.managed)
             beyond.update(discovery.beyond)
             self._plant(discovery, table, old)
@@ -184,7 +188,7 @@ class Fleet:
             if node is None or node.managed or path in self.dirs:
                 continue  # dropped with a parent already, or a stale watch's last event
             table = mounts.mount_table() if table is None else table
-            discovery = discover_below(path, node.depth_left, self.tree)
+            discovery = discover_below(path, node.depth_left, self.tree, self._layouts)
             if not discovery.visits:
                 self._drop(path)
                 continue
@@ -237,7 +241,7 @@ class Fleet:
         table = mounts.mount_table()
         adopted: list[str] = []
         for sub in sorted(set(now) - set(self.tree)):
-            discovery = discover_below(sub, node.depth_left - 1, self.tree)
+            discovery = discover_below(sub, node.depth_left - 1, self.tree, self._layouts)
             self._plant(discovery, table, {})
             adopted.extend(found for found in discovery.managed
                            if found not in self.dirs and self._adopt(found, table, False))
@@ -287,6 +291,9 @@ class Fleet:
                  action="retrying at every rescan")
             self.metrics.error("open")
             return False
+        if managed.refusal is not None:  # --layout auto could not tell: not ours to manage
+            managed.close()
+            return self._refused(path, managed.refusal)
         mode = self._mode_for(path, table)
         stream = self._stream_for(path)
         self.dirs[path] = Held(TrackedDirectory(managed), mode, stream=stream)
@@ -294,12 +301,22 @@ class Fleet:
             self.metrics.set_directory_trash_bytes(stream, 0)
         self.unmanageable.discard(path)
         self.locked.discard(path)
-        log.info("directory_adopted", directory=path, watch=mode)
+        log.info("directory_adopted", directory=path, watch=mode,
+                 layout=managed.options.layout.name)
         if path in self.standby:
             log.info("took_over", directory=path, after=lock.describe_holder(
                 self.standby.pop(path)), why="the janitor that held it stopped")
             self.metrics.set_standby(len(self.standby))
         return True
+
+    def _refused(self, path: str, why: str) -> bool:
+        """A directory found but left alone (its layout cannot be told): said once an episode,
+        each retry (at every rescan: its steps may become telling) at debug."""
+        emit = log.debug if path in self.unmanageable else log.warning
+        self.unmanageable.add(path)
+        emit("directory_refused", directory=path, why=why,
+             action="deleting nothing there; give --layout, or retried at every rescan")
+        return False
 
     def _held_by_another(self, path: str, exc: lock.LockHeldError, at_start: bool) -> bool:
         """Another janitor holds `path`: with --standby wait for it (tried at every rescan),
@@ -360,10 +377,13 @@ class Fleet:
             held = self.dirs.get(path)
             if (node.mode if held is None else held.mode) == "inotify":
                 wanted[path] = Target(path)
-        sentinel = frozenset({protocol.RECEIVER_READY_MARKER})
         for path, held in self.dirs.items():
+            # A sentinel, or a completion file written in place (prime-rl's `.finished`
+            # comes after the acknowledgement, inside a step no parent event tells of).
+            inside = frozenset({protocol.RECEIVER_READY_MARKER,
+                                *held.tracked.managed.options.complete_markers})
             if held.mode == "inotify":
-                wanted.update((os.path.join(path, step), Target(path, sentinel, step))
+                wanted.update((os.path.join(path, step), Target(path, inside, step))
                               for step in held.sentinel_steps)
         if not wanted and self.watcher is None:
             self.publish_watching()

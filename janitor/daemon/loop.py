@@ -489,9 +489,15 @@ class Daemon:
 
 def _sentinel_steps(held: Held, result: PassResult) -> tuple[str, ...]:
     """The steps above the loaded one (every step while no sentinel exists) where a new
-    `.receiver_ready` would move it: at most SENTINEL_STEPS (see there)."""
+    `.receiver_ready` would move it, and the loaded step itself while it is incomplete (prime-rl
+    writes `.finished` into the step just acknowledged, which no parent event tells of): at
+    most SENTINEL_STEPS (see there)."""
     index = held.tracked.index
-    above = index.steps_above(result.plan.progress.loaded_step)
+    loaded = result.plan.progress.loaded_step
+    above = index.steps_above(loaded)
+    if loaded is not None and loaded in index.step_numbers and \
+            not index.step(loaded).complete:
+        above = [loaded, *above]
     if len(above) > SENTINEL_STEPS:
         half = SENTINEL_STEPS // 2
         above = above[:half] + above[-half:]

@@ -11,6 +11,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from janitor import exitcodes, protocol
+from janitor.layouts import STEP, Layout
 
 # Directories no checkpoint tree should be: pointing the janitor here is almost surely a typo.
 _SYSTEM_DIRS = frozenset({
@@ -74,18 +75,20 @@ class Discovery:
     beyond: tuple[str, ...] = ()
 
 
-def discover(root: str, max_depth: int, skip: Container[str] = frozenset()) -> Discovery:
-    """Find managed directories: the root and descendants down to `max_depth` that hold `step_*`
-    entries or a consumer marker. Never descends into step, hidden or symlinked directories, nor
-    into those in `skip` (below the root).
+def discover(root: str, max_depth: int, skip: Container[str] = frozenset(),
+             layouts: tuple[Layout, ...] = (STEP,)) -> Discovery:
+    """Find managed directories: the root and descendants down to `max_depth` that hold steps
+    of one of `layouts`, a tracker of one, or a consumer marker. Never descends into step,
+    hidden or symlinked directories, nor into those in `skip` (below the root).
 
     The root itself is resolved first: a user may name it through a symlink (`/ckpt -> /mnt/x`);
     below it, nothing is followed.
     """
-    return discover_below(os.path.realpath(root), max_depth, skip)
+    return discover_below(os.path.realpath(root), max_depth, skip, layouts)
 
 
-def discover_below(path: str, depth_left: int, known: Container[str]) -> Discovery:
+def discover_below(path: str, depth_left: int, known: Container[str],
+                   layouts: tuple[Layout, ...] = (STEP,)) -> Discovery:
     """Look at `path` (already resolved: it is not followed if a symlink) and below it, except
     inside the directories in `known`: the daemon's rediscovery of one part of a tree, whose other
     directories it already holds. `path` itself is always looked at; empty if it cannot be."""
@@ -96,7 +99,7 @@ def discover_below(path: str, depth_left: int, known: Container[str]) -> Discove
     while queue:
         here, left = queue.popleft()
         try:
-            stamp, has_steps, names = _look(here)
+            stamp, has_steps, names = _look(here, layouts)
         except OSError:  # gone, not a directory, a symlink, unreadable: nothing to manage there
             continue
         subdirs = tuple(os.path.join(here, name) for name in sorted(names)) if left > 0 else ()
@@ -105,7 +108,8 @@ def discover_below(path: str, depth_left: int, known: Container[str]) -> Discove
             managed.append(here)
         if left == 0 and len(beyond) < PEEK_BEYOND:
             peek = sorted(names)[: PEEK_BEYOND - len(beyond)]
-            beyond.extend(p for p in (os.path.join(here, n) for n in peek) if _holds_steps(p))
+            beyond.extend(p for p in (os.path.join(here, n) for n in peek)
+                          if _holds_steps(p, layouts))
         queue.extend((sub, left - 1) for sub in subdirs if sub not in known)
     return Discovery(tuple(managed), tuple(v.path for v in visits), tuple(visits),
                      tuple(beyond))
@@ -116,23 +120,49 @@ def discover_below(path: str, depth_left: int, known: Container[str]) -> Discove
 PEEK_BEYOND = 32
 
 
-def _holds_steps(path: str) -> bool:
-    """Whether `path` (not followed if a symlink) directly holds a `step_*` entry or a marker."""
+def _holds_steps(path: str, layouts: tuple[Layout, ...]) -> bool:
+    """Whether `path` (not followed if a symlink) directly holds a step, tracker or marker."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         with os.scandir(fd) as listing:
-            return any(protocol.looks_like_step(item.name)
-                       or protocol.consumer_of(item.name) is not None for item in listing)
+            return any(_tells(fd, item.name, layouts) for item in listing)
     except OSError:
         return False
     finally:
         os.close(fd)
 
 
-def _look(path: str) -> tuple[Stamp, bool, list[str]]:
+def _tells(dir_fd: int, name: str, layouts: tuple[Layout, ...]) -> bool:
+    """Whether the child `name` makes its directory a managed one: a consumer marker, a
+    layout's tracker, or a name one of `layouts` claims as a step. A bare number (Orbax's
+    grammar) counts only as a directory holding one of that layout's completion files: a
+    directory of dated or numbered folders is not a checkpoint tree."""
+    if protocol.consumer_of(name) is not None:
+        return True
+    for layout in layouts:
+        if name in layout.reserved:
+            return True
+        if not layout.claims(name):
+            continue
+        if layout.prefix:
+            return True
+        if any(_lexists(dir_fd, f"{name}/{marker}") for marker in layout.complete):
+            return True
+    return False
+
+
+def _lexists(dir_fd: int, path: str) -> bool:
+    try:
+        os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _look(path: str, layouts: tuple[Layout, ...]) -> tuple[Stamp, bool, list[str]]:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     has_steps = False
     subdirs: list[str] = []
@@ -141,7 +171,7 @@ def _look(path: str) -> tuple[Stamp, bool, list[str]]:
         with os.scandir(fd) as listing:
             for item in listing:
                 name = item.name
-                if protocol.looks_like_step(name) or protocol.consumer_of(name) is not None:
+                if _tells(fd, name, layouts):
                     has_steps = True
                 elif not name.startswith(".") and item.is_dir(follow_symlinks=False):
                     subdirs.append(name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from janitor import exitcodes, protocol
 from janitor.fs.reserved import kind
+from janitor.layouts import BUILT_IN, Layout
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -32,15 +33,21 @@ class PinError(Exception):
         self.line = line
 
 
-def split_step_path(path: str) -> tuple[str, str, int]:
+def split_step_path(path: str, layouts: tuple[Layout, ...] = ()) -> tuple[str, str, int]:
     """(parent, name, N) of `PATH/step_N`; PinError (usage) unless the last component is a
-    canonical step name of the protocol (no trailing slash, no `.` or `..`, no `step_01`)."""
+    canonical step name of the protocol or of one of `layouts` (every built-in one by
+    default): no trailing slash, no `.` or `..`, no `step_01`."""
     shown = protocol.printable(path)
     parent, _, name = path.rpartition("/")
     if name == "":
         raise PinError(exitcodes.USAGE, f"{shown}: ends with '/'; name the step directory "
                                         "itself, PATH/step_N without a trailing slash")
     number = protocol.parse_step_name(name)
+    for layout in layouts or tuple(BUILT_IN.values()):
+        theirs = layout.parse(name)
+        if isinstance(theirs, int):
+            number = theirs
+            break
     if isinstance(number, protocol.Invalid):
         raise PinError(exitcodes.USAGE, f"{shown}: not a step directory name "
                                         f"({number.reason}); give PATH/step_N, N in canonical "
@@ -87,10 +94,10 @@ class OpenStep:
         return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def open_step(path: str) -> OpenStep:
+def open_step(path: str, layouts: tuple[Layout, ...] = ()) -> OpenStep:
     """Open `PATH/step_N` as a directory fd; PinError with one line when it is not a canonical
     step name, does not exist, is a symlink, is not a directory or cannot be read."""
-    parent, name, number = split_step_path(path)
+    parent, name, number = split_step_path(path, layouts)
     try:
         parent_fd = os.open(parent, _DIR_FLAGS)
     except OSError as exc:

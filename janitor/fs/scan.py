@@ -16,9 +16,11 @@ from collections.abc import Iterator
 
 from janitor import protocol
 from janitor.fs import reserved
+from janitor.fs.pointers import open_problem, read_best, read_tracker
 from janitor.fs.sizes import newest_in_tree
+from janitor.layouts import Layout
 from janitor.model import TRASH as TRASH_ITEM
-from janitor.model import Consumer, Entry, Foreign, Item, ScanOptions, Snapshot, Trash
+from janitor.model import Consumer, Entry, Foreign, Item, Pointer, ScanOptions, Snapshot, Trash
 from janitor.protocol import Invalid
 
 
@@ -35,6 +37,7 @@ def scan(dir_fd: int, path: str, options: ScanOptions) -> Snapshot:
     entries: list[Entry] = []
     foreign: list[Foreign] = []
     consumers: list[Consumer] = []
+    pointers: list[Pointer] = []
     trash_present = False
     with os.scandir(dir_fd) as listing:
         names = [item.name for item in listing]
@@ -46,13 +49,20 @@ def scan(dir_fd: int, path: str, options: ScanOptions) -> Snapshot:
             foreign.append(item)
         elif isinstance(item, Consumer):
             consumers.append(item)
+        elif isinstance(item, Pointer):
+            pointers.append(item)
         elif isinstance(item, Trash):
             trash_present = True
     entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name))
     consumers.sort(key=lambda c: c.filename)
     foreign.sort(key=lambda f: f.name)
+    pointers.sort(key=lambda p: p.filename)
+    complete = [e for e in entries if e.complete and e.number is not None]
+    best = read_best(dir_fd, complete[-1].name, options) if complete else None
+    if best is not None:
+        pointers.append(best)
     return Snapshot(path, dev, scanned_ns, tuple(entries), tuple(foreign), tuple(consumers),
-                    trash_present)
+                    trash_present, tuple(pointers))
 
 
 def classify(dir_fd: int, dev: int, home_mount: int | None, name: str,
@@ -63,14 +73,20 @@ def classify(dir_fd: int, dev: int, home_mount: int | None, name: str,
     names an event reported."""
     if name == protocol.TRASH_DIR:
         return TRASH_ITEM
-    if protocol.looks_like_step(name):
-        return _classify_step(dir_fd, dev, name, options)
-    if name[: len(protocol.STEP_PREFIX)].lower() == protocol.STEP_PREFIX:
+    layout = options.layout
+    number = layout.parse(name)
+    if number is not None:
+        if isinstance(number, Invalid):
+            return Foreign(name, number.reason)
+        return _classify_step(dir_fd, dev, name, number, options)
+    near = layout.near_miss(name)
+    if near is not None:
         # `STEP_3`: almost a step, surely meant as one; reported so a typo is not silent.
-        return Foreign(name, f"not a step name (the prefix is {protocol.STEP_PREFIX!r}, "
-                             "lower case)")
-    if protocol.is_staging_name(name):
+        return Foreign(name, near)
+    if protocol.is_staging_name(name) or layout.is_temporary(name):
         return _read_staging(dir_fd, dev, name)
+    if name in layout.reserved:
+        return read_tracker(dir_fd, name, options, home_mount)
     consumer = protocol.consumer_of(name)
     if isinstance(consumer, Invalid):
         return Consumer(name, name, None, consumer.reason, 0)
@@ -96,21 +112,22 @@ def scan_items(dir_fd: int, options: ScanOptions) -> Iterator[tuple[str, Item, b
         children = [(item.name, item.inode(), item.is_dir(follow_symlinks=False))
                     for item in listing]
     markers = options.complete_markers
-    quick = not options.receiver_ready
+    quick = not options.receiver_ready and bool(markers)
+    layout = options.layout
     for name, ino, is_dir in children:
-        if quick and is_dir and name.startswith(protocol.STEP_PREFIX):
-            entry = _quick_step(dir_fd, dev, name, ino, markers)
+        if quick and is_dir and layout.claims(name):
+            entry = _quick_step(dir_fd, dev, name, ino, markers, layout)
             if entry is not None:
                 yield name, entry, False
                 continue
         yield name, classify(dir_fd, dev, home_mount, name, options), True
 
 
-def _quick_step(dir_fd: int, dev: int, name: str, ino: int,
-                markers: tuple[str, ...]) -> Entry | None:
+def _quick_step(dir_fd: int, dev: int, name: str, ino: int, markers: tuple[str, ...],
+                layout: Layout) -> Entry | None:
     """A complete step from one lookup of its completion marker, or None: read it in full."""
-    number = protocol.parse_step_name(name)
-    if isinstance(number, Invalid):
+    number = layout.parse(name)
+    if number is None or isinstance(number, Invalid):
         return None
     for marker in markers:
         try:
@@ -130,10 +147,8 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _classify_step(dir_fd: int, dev: int, name: str, options: ScanOptions) -> Item:
-    number = protocol.parse_step_name(name)
-    if isinstance(number, Invalid):
-        return Foreign(name, number.reason)
+def _classify_step(dir_fd: int, dev: int, name: str, number: int,
+                   options: ScanOptions) -> Item:
     st = _lstat(dir_fd, name)
     if st is None:
         return None  # vanished between listing and stat: nothing to decide about
@@ -316,7 +331,7 @@ def read_consumer(dir_fd: int, filename: str, consumer: str,
         # removed is a consumer that stopped, exactly as if it had never been listed.
         return None
     except OSError as exc:
-        return Consumer(consumer, filename, None, _open_problem(exc, filename), 0)
+        return Consumer(consumer, filename, None, open_problem(exc, filename), 0)
     try:
         try:
             st = reserved.check_file(fd, filename, home_mount, action="")
@@ -332,13 +347,3 @@ def read_consumer(dir_fd: int, filename: str, consumer: str,
         return Consumer(consumer, filename, None, value.reason, st.st_mtime_ns, st.st_ctime_ns)
     return Consumer(consumer, filename, value, None, st.st_mtime_ns, st.st_ctime_ns)
 
-
-def _open_problem(exc: OSError, filename: str) -> str:
-    """Why a marker could not be opened, in the words reserved.open_error uses for every
-    reserved name (a symlink, a socket, ...), else what the error says."""
-    unsafe = reserved.open_error(exc, filename, "")
-    if isinstance(unsafe, reserved.UnsafeObjectError):
-        return unsafe.what
-    if exc.errno == errno.EACCES:
-        return "unreadable (permission denied)"
-    return f"unreadable ({exc.strerror})"

@@ -17,11 +17,12 @@ from janitor import exitcodes, protocol
 from janitor.fs import lock, reserved
 from janitor.fs.pins import PinError, open_step
 from janitor.fs.scan import deepen
+from janitor.layouts import NAMES
 from janitor.model import ScanOptions
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
 from janitor.ops.recorded import Choice, choose
-from janitor.policy import Decision, Policy, Rule, context_of, plan, rules_for
+from janitor.policy import Decision, Policy, Rule, plan, rules_for, snapshot_context
 
 # The version of `janitor explain --json`'s document: raised when a field changes meaning.
 EXPLAIN_SCHEMA = 1
@@ -47,7 +48,8 @@ class Explanation:
 def explain(path: str, policy: Policy, options: ScanOptions, *, explicit: bool) -> Explanation:
     """The explanation of the step at `path`; PinError (one line, an exit code) when the path is
     not a step of a managed directory or cannot be read."""
-    with open_step(path) as step:
+    own = () if options.layout.name in NAMES else (options.layout,)  # a --layout-file's
+    with open_step(path, own) as step:
         directory = os.path.realpath(_parent(path))
         parent = os.path.basename(directory)
         if protocol.looks_like_step(parent) or parent.startswith(".janitor-"):
@@ -83,10 +85,12 @@ def _explain(name: str, number: int, directory: str, policy: Policy, options: Sc
                                             "being read; try again")
         held, holder = lock.inspect(managed.fd)
         choice = choose(policy, options, holder if held else None, explicit, held=held)
-        managed.policy, managed.options = choice.policy, choice.options
+        if choice.source == "holder":  # else: as opened (with auto: the detected layout)
+            managed.policy, managed.options = choice.policy, choice.options
+        policy, options = managed.policy, managed.options
         snapshot, _ = look_pinned(managed)
-        snapshot = deepen(managed.fd, snapshot, frozenset({name}), choice.options)
-        decided = plan(snapshot, choice.policy)
+        snapshot = deepen(managed.fd, snapshot, frozenset({name}), options)
+        decided = plan(snapshot, policy)
     bare = Explanation(shown, protocol.printable(directory), name, number, choice, held, holder,
                        rules=(), decision=None)
     foreign = next((f for f in snapshot.foreign if f.name == name), None)
@@ -96,12 +100,10 @@ def _explain(name: str, number: int, directory: str, policy: Policy, options: Sc
     if decision is None:
         raise PinError(exitcodes.USAGE, f"{shown} does not exist (gone while it was being "
                                         "read); check the path")
-    complete = sorted((e.number for e in snapshot.steps if e.complete and e.number is not None),
-                      reverse=True)
-    context = context_of(decided.progress, complete, snapshot.scanned_ns, choice.policy)
-    rules = rules_for(decision.entry, choice.policy, context, complete_desc=complete,
+    context, complete = snapshot_context(snapshot, policy)
+    rules = rules_for(decision.entry, policy, context, complete_desc=complete,
                       consumers=snapshot.consumers,
-                      complete_markers=choice.options.complete_markers)
+                      complete_markers=options.complete_markers)
     return dataclasses.replace(bare, rules=tuple(rules), decision=decision)
 
 

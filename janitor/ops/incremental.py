@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from janitor import protocol
+from janitor.fs.pointers import read_best
 from janitor.fs.scan import classify, deepen, scan_items
 from janitor.index import DirectoryIndex, Mismatch
 from janitor.model import TRASH, Foreign, Item, Snapshot
 from janitor.ops.managed import ManagedDirectory, PassResult
-from janitor.policy import Plan, decide
+from janitor.policy import Context, Plan, decide
 
 # A rescan's mismatches are missed events only when the directory's own times show no entry was
 # added, removed or renamed for this long before the rescan began (an event for a change just
@@ -126,7 +127,7 @@ class TrackedDirectory:
         snapshot, decided = self._look(scanned_ns, fresh)
         snapshot = Snapshot(snapshot.path, snapshot.dev, snapshot.scanned_ns, snapshot.entries,
                             tuple(sorted(foreign, key=lambda f: f.name)), snapshot.consumers,
-                            snapshot.trash_present)
+                            snapshot.trash_present, snapshot.pointers)
         result = self.managed.execute(snapshot, decided, stop=stop, sync=False)
         for trashed in result.trashed:
             self.index.put(trashed.entry.name, None)
@@ -146,7 +147,7 @@ class TrackedDirectory:
             self._refresh(stale, fresh)
             context = index.context(scanned_ns)
         self._refresh([e.name for e in index.candidates(context) if e.name not in fresh], fresh)
-        context = index.context(scanned_ns)
+        context = self._final_context(scanned_ns)
         candidates = index.candidates(context)
         decisions = [decide(e, self.managed.policy, context) for e in candidates]
         doomed = frozenset(d.entry.name for d in decisions if d.delete)
@@ -160,6 +161,17 @@ class TrackedDirectory:
             decisions = [decide(e, self.managed.policy, context) if e.name in doomed
                          else before[e.name] for e in snapshot.entries]
         return snapshot, Plan(tuple(decisions), context.progress, context.newest_complete)
+
+    def _final_context(self, scanned_ns: int) -> Context:
+        """The index's Context, with the layout's best pointer read from the newest complete
+        step (once a pass, and only for a layout that has one: Hugging Face's)."""
+        index, managed = self.index, self.managed
+        context = index.context(scanned_ns)
+        newest = context.newest_complete
+        if managed.options.layout.best is None or newest is None:
+            return context
+        best = read_best(managed.fd, index.step(newest).name, managed.options)
+        return context if best is None else index.context(scanned_ns, best)
 
     def _refresh(self, names: list[str], fresh: set[str]) -> None:
         for name in names:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 from janitor import protocol
 from janitor.fs import lock, mounts, reaper, reserved
+from janitor.fs.detect import detect
 from janitor.fs.scan import deepen, open_directory, scan
+from janitor.layouts import AUTO
 from janitor.model import ScanOptions, Snapshot
 from janitor.ops.audit import AuditLog, deletion_record
-from janitor.policy import Plan, Policy, plan
+from janitor.policy import Plan, Policy, Progress, for_layout, plan
 
 
 @dataclass(slots=True)
@@ -47,17 +49,32 @@ class ManagedDirectory:
         self.mount_id = reserved.mount_id(self.fd)
         self._lock: lock.DirectoryLock | None = None
         self._trash_fd: int | None = None
+        # With --layout auto: why no layout could be chosen here (then nothing is deleted, and
+        # no lock is taken: this janitor does not manage the directory).
+        self.refusal: str | None = None
         try:
-            if not dry_run:
+            if options.layout.name == AUTO:
+                self._detect()
+            if not dry_run and self.refusal is None:
                 self._lock = lock.acquire(self.fd, path, self.holder_record())
         except BaseException:
             os.close(self.fd)
             raise
 
+    def _detect(self) -> None:
+        found = detect(self.fd)
+        if isinstance(found, str):
+            self.refusal = f"layout auto: {found}"
+            return
+        progress = None if self.options.progress_from_layout else self.policy.progress
+        self.options, self.policy = for_layout(found, self.options, self.policy,
+                                               progress=progress)
+
     def holder_record(self) -> dict[str, object]:
         """What the lock file records of this janitor's policy: enough for `janitor status` to
         show the plan the running janitor executes, not one made with its own defaults."""
         return {**self.policy.describe(), "complete_markers": list(self.options.complete_markers),
+                "layout": self.options.layout.name,
                 "text": str(self.policy)}  # the one line status and the `ready` log print
 
     def close(self) -> None:
@@ -93,6 +110,8 @@ class ManagedDirectory:
         not one per step.
         """
         snapshot = scan(self.fd, self.path, self.options)
+        if self.refusal is not None:  # no layout: every entry is foreign to it; decide nothing
+            return snapshot, Plan((), Progress(None, None, self.refusal), None)
         decided = plan(snapshot, self.policy)
         if decided.doomed:
             names = frozenset(d.entry.name for d in decided.doomed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from janitor import protocol
+from janitor.layouts import BUILT_IN, Layout
 from janitor.model import ScanOptions
 from janitor.policy import Policy, PolicyError
 
@@ -29,7 +30,7 @@ def choose(policy: Policy, options: ScanOptions, holder: dict[str, object] | Non
     if not held:
         return given
     try:
-        recorded, recorded_options = recorded_policy(holder)
+        recorded, recorded_options = recorded_policy(holder, options.layout)
     except PolicyError as exc:
         return replace(given, warning=f"the running janitor's policy cannot be read from "
                                       f"{protocol.LOCK_FILE} ({exc}); showing the plan for the "
@@ -44,15 +45,28 @@ def choose(policy: Policy, options: ScanOptions, holder: dict[str, object] | Non
     return given
 
 
-def recorded_policy(holder: dict[str, object] | None) -> tuple[Policy, ScanOptions]:
-    """The Policy and ScanOptions a lock file's holder record names; PolicyError if none."""
+def recorded_policy(holder: dict[str, object] | None,
+                    known: Layout | None = None) -> tuple[Policy, ScanOptions]:
+    """The Policy and ScanOptions a lock file's holder record names; PolicyError if none.
+    A layout from a --layout-file is known only by name: `known` is the one given here."""
     if holder is None:
         raise PolicyError("the record is torn or not JSON")
     record = holder.get("policy")
     policy = Policy.from_description(record)
-    markers = record.get("complete_markers") if isinstance(record, dict) else None
-    if not (isinstance(markers, list) and markers
+    assert isinstance(record, dict)  # from_description refuses anything else
+    layout = _recorded_layout(record.get("layout", "step"), known)
+    markers = record.get("complete_markers")
+    if not (isinstance(markers, list) and (markers or layout.trackers)
             and all(isinstance(m, str) and m for m in markers)):
         raise PolicyError("the recorded policy names no completion markers")
-    return policy, ScanOptions(complete_markers=tuple(markers),
+    return policy, ScanOptions(complete_markers=tuple(markers), layout=layout,
                                receiver_ready=policy.progress == "receiver-ready")
+
+
+def _recorded_layout(name: object, known: Layout | None) -> Layout:
+    if isinstance(name, str) and name in BUILT_IN:
+        return BUILT_IN[name]
+    if known is not None and name == known.name:
+        return known
+    raise PolicyError(f"it runs the layout {protocol.printable(str(name))!r} of a --layout-file; "
+                      "give that file here")

@@ -30,6 +30,7 @@ class DirectoryReport:
     leftover: ReclaimStats = field(default_factory=ReclaimStats)
     refused: str | None = None
     error: str | None = None
+    layout: str | None = None  # the layout the directory was read with (detected with auto)
 
     def deleted_count(self, dry_run: bool) -> int:
         if self.result is None:
@@ -49,7 +50,8 @@ def directory_text(report: DirectoryReport, dry_run: bool) -> list[str]:
     if report.result is None:
         return []
     snap, plan = report.result.snapshot, report.result.plan
-    lines = [f"{protocol.printable(report.path)}: {_progress_text(report)}"]
+    layout = f", layout {report.layout}" if report.layout not in (None, "step") else ""
+    lines = [f"{protocol.printable(report.path)}: {_progress_text(report)}{layout}"]
     width = max((len(protocol.printable(e.name)) for e in snap.entries), default=8)
     for decision in plan.decisions:
         name = protocol.printable(decision.entry.name)
@@ -104,7 +106,7 @@ def _progress_text(report: DirectoryReport) -> str:
 def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
     """The same facts as directory_text, as plain data."""
     out: dict[str, object] = {"path": protocol.printable(report.path), "refused": report.refused,
-                              "error": report.error}
+                              "error": report.error, "layout": report.layout}
     if report.result is None:
         return out
     snap, plan = report.result.snapshot, report.result.plan
@@ -115,6 +117,8 @@ def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
         "consumers": [{"file": protocol.printable(c.filename),
                        "consumer": protocol.printable(c.name), "step": c.step,
                        "problem": c.problem} for c in snap.consumers],
+        "pointers": [{"file": protocol.printable(p.filename), "step": p.step,
+                      "problem": p.problem} for p in snap.pointers],
         "decisions": [{"name": protocol.printable(d.entry.name), "step": d.entry.number,
                        "action": d.action, "reason": d.reason.value,
                        "complete": d.entry.complete,

@@ -10,6 +10,7 @@ from janitor import exitcodes, protocol
 from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
+from janitor.layouts import searched
 from janitor.model import ScanOptions
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
@@ -36,7 +37,7 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
             problem(bad[1])
             code = bad[0]
             continue
-        for path in discover(root, max_depth).managed:
+        for path in discover(root, max_depth, layouts=searched(options.layout)).managed:
             try:
                 reports.append(_directory(path, policy, options, explicit, peers))
             except OSError as exc:
@@ -50,7 +51,8 @@ def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
     with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
         held, holder = lock.inspect(directory.fd)
         choice = choose(policy, options, holder if held else None, explicit, held=held)
-        directory.policy, directory.options = choice.policy, choice.options
+        if choice.source == "holder":  # else: as opened (with auto: the detected layout)
+            directory.policy, directory.options = choice.policy, choice.options
         snapshot, plan = look_pinned(directory)
         now = time.time_ns()
         by_decision: dict[str, dict[str, int]] = {}
@@ -83,7 +85,9 @@ def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
         # holder ("active", with its watch mode), a dry run or a standby (neither holds it).
         "janitors": janitors,
         "policy": str(choice.policy),
-        "complete_markers": list(choice.options.complete_markers),
+        "complete_markers": list(directory.options.complete_markers),
+        "layout": directory.options.layout.name,
+        "layout_problem": directory.refusal,
         "policy_source": choice.source,
         "policy_warning": choice.warning,
     }

@@ -15,7 +15,8 @@ from janitor import exitcodes, protocol
 from janitor.fs import lock, reaper, reserved
 from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
-from janitor.model import ScanOptions
+from janitor.layouts import AUTO, Layout, searched
+from janitor.model import ScanOptions, Snapshot
 from janitor.ops.audit import AuditLog
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
@@ -45,9 +46,11 @@ def sweep(request: SweepRequest, problem: Callable[[str], None],
             codes.append(bad[0])
             problem(bad[1])
             continue
-        managed = discover(root, request.max_depth).managed
+        managed = discover(root, request.max_depth,
+                           layouts=searched(request.options.layout)).managed
         if not managed:
-            problem(f"{protocol.printable(root)}: no step_* directory or LOADED_STEP marker "
+            what = _what_steps(request.options.layout)
+            problem(f"{protocol.printable(root)}: no {what} directory or LOADED_STEP marker "
                     f"within depth {request.max_depth}; nothing to do")
         for path in managed:
             report = sweep_directory(path, request)
@@ -71,6 +74,7 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             # pinned since the marker as `pinned`; the plan is the one executed.
             result = directory.execute(*look_pinned(directory))
             report.result = result
+            report.layout = directory.options.layout.name
             for trashed in result.trashed:
                 stats = directory.reclaim([trashed.trash_name], workers=request.reclaim_workers)
                 report.sizes[trashed.entry.name] = stats.bytes
@@ -87,9 +91,26 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
         report.error = f"{shown}: {_os_error_line(exc, moved)}"
     else:
         if result.plan.halted is not None:
-            report.refused = (f"{shown}: {result.plan.halted}; deleting nothing here until the "
-                              "consumer writes a valid marker")
+            report.refused = (f"{shown}: {result.plan.halted}; deleting nothing here until "
+                              f"{_until(directory, result.snapshot, result.plan.halted)}")
     return report
+
+
+def _until(directory: ManagedDirectory, snapshot: Snapshot, halted: str) -> str:
+    """What ends a halt: a layout told apart, a trainer's pointer set right, or (most often)
+    the consumer's marker written again."""
+    if directory.refusal is not None:
+        return "its layout can be told (or --layout names it)"
+    if any(halted.startswith(protocol.printable(p.filename)) for p in snapshot.pointers):
+        return "the trainer's pointer names a step that is here"
+    return "the consumer writes a valid marker"
+
+
+def _what_steps(layout: Layout) -> str:
+    """How the steps a layout looks for are named, for "found none" messages."""
+    if layout.name == AUTO:
+        return "step (of any layout)"
+    return f"{layout.prefix}*{layout.suffix}" if layout.prefix else "N"
 
 
 def _os_error_line(exc: OSError, moved: int = 0) -> str:

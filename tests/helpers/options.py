@@ -93,6 +93,11 @@ def decimal_in(low: str, high: str) -> Callable[[str], float]:
     return parse
 
 
+# The layouts the README lists (docs/layouts.md), written here, not imported from janitor.
+LAYOUTS = ("step", "prime-rl-broadcasts", "prime-rl-checkpoints", "hf", "torchtitan", "orbax",
+           "megatron", "verl", "deepspeed", "auto")
+
+
 def choice(*values: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in values:
@@ -154,6 +159,7 @@ POLICY_SPECS = (
     Spec("--progress", "JANITOR_PROGRESS", choice("loaded-step", "receiver-ready"),
          "loaded-step"),
     Spec("--partial-grace", "JANITOR_PARTIAL_GRACE", decimal_in("0", "31536000"), 600.0),
+    Spec("--layout", "JANITOR_LAYOUT", choice(*LAYOUTS), "step"),
     Spec("--max-depth", "JANITOR_MAX_DEPTH", int_in(0, 64), 3),
     Spec("--dry-run", "JANITOR_DRY_RUN", parse_bool, False, is_flag=True),
 )

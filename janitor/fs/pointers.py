@@ -1,0 +1,136 @@
+"""Files that point at a step the janitor must keep, read as safely as a consumer marker.
+
+A trainer's tracker in the managed directory (Megatron's `latest_checkpointed_iteration.txt`,
+DeepSpeed's `latest`: the latest complete step, the one a restart resumes from) and the best
+checkpoint recorded in the newest complete step (Hugging Face's `best_model_checkpoint`). Each
+is opened without following a symlink and checked to be a regular file; what cannot be read or
+parsed is a Pointer with a problem, which halts the directory (nothing is deleted when unsure).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+
+from janitor.fs import reserved
+from janitor.model import Pointer, ScanOptions
+from janitor.protocol import Invalid
+
+
+def open_problem(exc: OSError, filename: str) -> str:
+    """Why a reserved file (a marker, a tracker) could not be opened, in the words
+    reserved.open_error uses for every reserved name (a symlink, a socket, ...), else what the
+    error says."""
+    unsafe = reserved.open_error(exc, filename, "")
+    if isinstance(unsafe, reserved.UnsafeObjectError):
+        return unsafe.what
+    if exc.errno == errno.EACCES:
+        return "unreadable (permission denied)"
+    return f"unreadable ({exc.strerror})"
+
+
+# The most a tracker or a best-pointer file may hold: Hugging Face's trainer_state.json carries
+# the whole log history (a few MB after a long run); anything larger is refused, not read.
+MAX_TRACKER_BYTES = 4096
+MAX_STATE_BYTES = 64 << 20
+
+
+def read_tracker(dir_fd: int, filename: str, options: ScanOptions,
+                 home_mount: int | None) -> Pointer | None:
+    """A trainer's tracker file (Megatron's latest_checkpointed_iteration.txt, DeepSpeed's
+    latest), read as safely as a marker: a regular file of its own on the directory's mount.
+    None when it is gone; anything unreadable or malformed is a problem that halts."""
+    try:
+        fd = reserved.open_reserved(dir_fd, filename, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Pointer(filename, None, open_problem(exc, filename), complete_through=True)
+    try:
+        try:
+            reserved.check_file(fd, filename, home_mount, action="")
+        except reserved.UnsafeObjectError as exc:
+            return Pointer(filename, None, exc.what, complete_through=True)
+        data = os.read(fd, MAX_TRACKER_BYTES + 1)
+    except OSError as exc:
+        return Pointer(filename, None, f"unreadable ({exc.strerror})", complete_through=True)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TRACKER_BYTES:
+        return Pointer(filename, None, f"more than {MAX_TRACKER_BYTES} bytes",
+                       complete_through=True)
+    value = options.layout.tracked_step(filename, data)
+    if isinstance(value, Invalid):
+        return Pointer(filename, None, value.reason, complete_through=True)
+    return Pointer(filename, value, None, complete_through=True)
+
+
+def read_best(dir_fd: int, step: str, options: ScanOptions) -> Pointer | None:
+    """The best step the layout's state file inside the newest complete step `step` records
+    (Hugging Face's best_model_checkpoint), or None when the layout has none or none is
+    recorded. A file that cannot be read or parsed is a problem that halts."""
+    best = options.layout.best
+    if best is None:
+        return None
+    filename, key = best
+    shown = f"{step}/{filename}"
+    data = _read_state(dir_fd, step, filename)
+    if data is None or isinstance(data, str):
+        return None if data is None else Pointer(shown, None, data)
+    try:
+        state = json.loads(data)
+    except ValueError:
+        return Pointer(shown, None, "not JSON (half-written?)")
+    value = state.get(key) if isinstance(state, dict) else None
+    number = options.layout.best_step(value)
+    if number is None:
+        return None
+    if isinstance(number, Invalid):
+        return Pointer(shown, None, f"{key}: {number.reason}")
+    return Pointer(shown, number, None)
+
+
+def _read_state(dir_fd: int, step: str, filename: str) -> bytes | str | None:
+    """The bytes of `step/filename` (a regular file, never through a symlink), None when it is
+    not there, or why it cannot be read."""
+    try:
+        step_fd = os.open(step, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None  # gone since it was listed: the next pass reads the next newest
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    try:
+        try:
+            fd = reserved.open_reserved(step_fd, filename, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return open_problem(exc, filename)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return "not a regular file"
+            if st.st_size > MAX_STATE_BYTES:
+                return f"{st.st_size} bytes, more than {MAX_STATE_BYTES}"
+            return _read_all(fd, MAX_STATE_BYTES + 1)
+        except OSError as exc:
+            return f"unreadable ({exc.strerror})"
+        finally:
+            os.close(fd)
+    finally:
+        os.close(step_fd)
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
