@@ -143,24 +143,28 @@ BUILT_IN: dict[str, Layout] = {layout.name: layout for layout in (
     STEP,
     Layout("prime-rl-broadcasts", protocol.STEP_PREFIX, complete=(protocol.FINISHED_MARKER,),
            progress="receiver-ready",
-           source="prime-rl, src/prime_rl/trainer/rl/broadcast/filesystem.py and "
-                  "src/prime_rl/inference/vllm/worker/filesystem.py (PR #3357): the sentinels "
-                  ".sender_ready, .receiver_ready, .started, .finished inside each step_N"),
+           source="prime-rl, src/prime_rl/transports/weights/base.py (PR #3357: "
+                  "WeightSender.broadcast touches .sender_ready, waits for the receiver's "
+                  ".receiver_ready, touches .started, writes, touches .finished, then removes "
+                  "the steps below N-1)"),
     Layout("prime-rl-checkpoints", protocol.STEP_PREFIX,
            source="prime-rl, src/prime_rl/trainer/ckpt.py: checkpoints/step_N/ holding trainer/, "
-                  "orchestrator/ and, once converted, weights/; STABLE when complete"),
+                  "orchestrator/ and, once converted, weights/; STABLE when complete (read by "
+                  "orchestrator/utils.py get_weight_dir)"),
     Layout("hf", "checkpoint-", complete=("trainer_state.json",),
            best=("trainer_state.json", "best_model_checkpoint"),
            temporary=(r"tmp-checkpoint-[0-9]+",),
            source="transformers, src/transformers/trainer.py (_save_checkpoint: "
                   "PREFIX_CHECKPOINT_DIR = \"checkpoint\", trainer_state.json written last, "
-                  "best_model_checkpoint in TrainerState)"),
-    Layout("torchtitan", "step-", complete=(".metadata",),
-           source="torchtitan, torchtitan/components/checkpoint.py (step-{N} folders saved with "
-                  "torch.distributed.checkpoint, whose .metadata is written last)"),
+                  "best_model_checkpoint in TrainerState; tmp-checkpoint-N in 4.36-4.38)"),
+    Layout("torchtitan", "step-", complete=(".metadata", "model.safetensors.index.json"),
+           source="torchtitan, torchtitan/components/checkpointer/dcp.py (_create_checkpoint_id: "
+                  "step-{N}; _find_load_step takes a folder holding .metadata, which torch DCP "
+                  "writes last, or model.safetensors.index.json)"),
     Layout("orbax", "", complete=("commit_success.txt", "_CHECKPOINT_METADATA"),
            temporary=(r"[0-9]+\.orbax-checkpoint-tmp(-.*)?",),
-           source="orbax, checkpoint/orbax/checkpoint/_src/path/atomicity.py and step.py "
+           source="orbax-checkpoint, orbax/checkpoint/_src/path/atomicity.py, "
+                  "atomicity_types.py and step.py "
                   "(N/ directories, commit_success.txt or _CHECKPOINT_METADATA when finalized, "
                   "N.orbax-checkpoint-tmp (older releases: -<timestamp>) while writing)"),
     Layout("megatron", "iter_", digits=7, complete=(),
@@ -170,8 +174,9 @@ BUILT_IN: dict[str, Layout] = {layout.name: layout for layout in (
                   "latest_checkpointed_iteration.txt, written after the save)"),
     Layout("verl", "global_step_", complete=(),
            trackers=(Tracker("latest_checkpointed_iteration.txt"),),
-           source="verl, verl/trainer/ppo/ray_trainer.py (_save_checkpoint: global_step_{N}, "
-                  "latest_checkpointed_iteration.txt in default_local_dir)"),
+           source="verl, verl/trainer/ppo/ray_trainer.py (_save_checkpoint: global_step_{N}/, "
+                  "then latest_checkpointed_iteration.txt written last in default_local_dir; "
+                  "not written with async_save)"),
     Layout("deepspeed", "global_step", complete=(), trackers=(Tracker("latest", "name"),),
            source="DeepSpeed, deepspeed/runtime/engine.py (save_checkpoint: tag "
                   "global_step{N} by default; the file `latest` holds the tag, written after "
