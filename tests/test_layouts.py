@@ -339,3 +339,14 @@ def test_step_layout_is_the_protocol_exactly() -> None:
     assert STEP.parse("step_05") is not None and not isinstance(STEP.parse("step_05"), int)
     entries = (Entry("step_1", 1, True, False, 0, 1, 1),)
     assert plan(Snapshot("/t", 1, SCANNED_NS, entries), Policy(gated=False)).doomed == ()
+
+
+def test_status_says_which_layout_it_read_and_why_it_refused_one(tmp_path: Path) -> None:
+    tree = build(tmp_path / "a" / "run", "torchtitan", range(1, 4))
+    mixed = build(tmp_path / "b" / "run", "hf", range(1, 3))
+    build(mixed, "torchtitan", range(1, 3))
+    text = run_janitor("status", "--layout", "auto", str(tree))
+    assert "  layout:    torchtitan" in text.stdout
+    doc = json.loads(run_janitor("status", "--layout", "auto", "--json", str(mixed)).stdout)
+    report = doc["directories"][0]
+    assert report["layout_problem"].startswith("layout auto: matches several layouts")

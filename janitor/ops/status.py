@@ -130,6 +130,10 @@ def render(reports: list[dict[str, object]]) -> list[str]:
         assert isinstance(markers, list)
         lines.append(f"  policy:    {report['policy']}; complete when "
                      f"{' or '.join(map(protocol.printable, markers))} ({source})")
+        if report.get("layout") not in (None, "step"):
+            lines.append(f"  layout:    {report['layout']}")
+        if report.get("layout_problem"):
+            lines.append(f"  layout:    deleting nothing: {report['layout_problem']}")
         if report["policy_warning"]:
             lines.append(f"  warning:   {report['policy_warning']}")
         consumers = report["consumers"]
