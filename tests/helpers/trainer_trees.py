@@ -162,8 +162,45 @@ def reload_dcp(step_dir: Path) -> int:
 
 
 # ---- Orbax CheckpointManager ------------------------------------------------------------------
+# jax starts threads at import, and a process that forks after that may deadlock (jax warns so):
+# the suite forks janitors (tests/test_two_janitors.py), so jax runs only in child interpreters.
 
 def orbax_steps(root: Path, steps: Iterable[int]) -> None:
+    """`_orbax_steps` in a fresh interpreter (see above)."""
+    _in_child("_orbax_steps", str(root), list(steps))
+
+
+def reload_orbax(root: Path, step: int) -> int:
+    """`_reload_orbax` in a fresh interpreter; raises when the step does not restore."""
+    return int(_in_child("_reload_orbax", str(root), step))
+
+
+def orbax_step_numbers(root: Path) -> list[int]:
+    """`_orbax_step_numbers` in a fresh interpreter."""
+    return [int(n) for n in _in_child("_orbax_step_numbers", str(root))]
+
+
+def _in_child(name: str, *args: Any) -> Any:
+    """Run this module's function `name` on JSON arguments in a new python; its JSON result,
+    or an error carrying the child's stderr."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom pathlib import Path\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+            "from helpers import trainer_trees as t\n"
+            "name, args = json.loads(sys.argv[1])\n"
+            "args = [Path(a) if i == 0 else a for i, a in enumerate(args)]\n"
+            "print(json.dumps(getattr(t, name)(*args)))\n")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([name, list(args)])],
+                          capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}{args}: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+
+def _orbax_steps(root: Path, steps: Iterable[int]) -> None:
     """A real `orbax.checkpoint.CheckpointManager` (jax on CPU, max_to_keep=None) saving each
     step as `root/N`, waiting for its asynchronous saves: Orbax writes `N.orbax-checkpoint-tmp`
     and renames it to `N` once finished (orbax/checkpoint/_src/path/atomicity.py)."""
@@ -178,7 +215,7 @@ def orbax_steps(root: Path, steps: Iterable[int]) -> None:
         manager.wait_until_finished()
 
 
-def reload_orbax(root: Path, step: int) -> int:
+def _reload_orbax(root: Path, step: int) -> int:
     """`CheckpointManager.restore` of one step; returns the step it holds, raises on failure."""
     import jax.numpy as jnp
     import orbax.checkpoint as ocp
@@ -191,7 +228,7 @@ def reload_orbax(root: Path, step: int) -> int:
     return step
 
 
-def orbax_step_numbers(root: Path) -> list[int]:
+def _orbax_step_numbers(root: Path) -> list[int]:
     """The steps Orbax itself lists in `root` (its own idea of what is a finished step)."""
     import orbax.checkpoint as ocp
 
