@@ -24,7 +24,7 @@ from janitor import protocol
 from janitor.fs.pointers import read_best
 from janitor.fs.scan import classify, deepen, scan_items
 from janitor.index import DirectoryIndex, Mismatch
-from janitor.model import TRASH, Foreign, Item, Snapshot
+from janitor.model import TRASH, Foreign, Item, Pointer, Snapshot
 from janitor.ops.managed import ManagedDirectory, PassResult
 from janitor.policy import Context, Plan, decide
 
@@ -46,6 +46,8 @@ class TrackedDirectory:
         self.mismatches = 0  # missed events found by rescans, over the daemon's life
         self.rescan: Rescan | None = None  # the timer's check, while it runs
         self._rescan_quiet_ns: int | None = None  # asked for and not begun
+        # The best pointer read from the newest complete step, by (name, inode, change time).
+        self._best: tuple[tuple[str, int, int], Pointer | None] | None = None
 
     @property
     def path(self) -> str:
@@ -170,7 +172,13 @@ class TrackedDirectory:
         newest = context.newest_complete
         if managed.options.layout.best is None or newest is None:
             return context
-        best = read_best(managed.fd, index.step(newest).name, managed.options)
+        entry = index.step(newest)
+        # A complete step's state file does not change: read it once per step (a long run's
+        # trainer_state.json holds megabytes of log history), again only if the step did.
+        key = (entry.name, entry.ino, entry.changed_ns)
+        if self._best is None or self._best[0] != key:
+            self._best = (key, read_best(managed.fd, entry.name, managed.options))
+        best = self._best[1]
         return context if best is None else index.context(scanned_ns, best)
 
     def _refresh(self, names: list[str], fresh: set[str]) -> None:
