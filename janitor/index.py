@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from janitor import protocol
 from janitor.model import TRASH, Consumer, Entry, Foreign, Item, Pointer, Snapshot, Trash
 from janitor.policy import Context, Policy, context_of, pointer_facts, progress_of
+from janitor.retention import NO_SOFT_KEEPS, SoftKeeps, soft_keeps
 
 # How many of the newest incomplete steps each pass reads again (see `watch_list`).
 WATCHED_INCOMPLETE = 16
@@ -132,6 +133,10 @@ class DirectoryIndex:
         # change time there are the listing's guesses until the name is read in full.
         self.unverified: set[str] = set()
         self.seq = 0  # bumped by every put: a rescan started at seq s is older than later puts
+        # Bumped when a step comes or goes or a complete step's flag or time changes: the soft
+        # rules' result is kept until then (or until a step leaves the --keep-within window).
+        self._steps_changed = 0
+        self._soft: tuple[tuple[int, int | None], SoftKeeps] | None = None
         self._touched: dict[str, int] = {}
 
     # ---- building -----------------------------------------------------------------------
@@ -203,6 +208,7 @@ class DirectoryIndex:
         self.entries[entry.name] = entry
         self._by_number[number] = entry.name
         self._steps.add(number)
+        self._steps_changed += 1
         interval = self.policy.interval_to_keep
         if interval is None or number % interval != 0:
             self._open.add(number)
@@ -216,6 +222,8 @@ class DirectoryIndex:
         number = new.number
         assert number is not None
         self.entries[new.name] = new
+        if old.complete != new.complete or (new.complete and old.changed_ns != new.changed_ns):
+            self._steps_changed += 1
         if old.complete != new.complete:
             (self._complete.add if new.complete else self._complete.discard)(number)
         if (old.receiver_ready_ns is None) != (new.receiver_ready_ns is None):
@@ -231,6 +239,7 @@ class DirectoryIndex:
             else:
                 number = entry.number
                 del self._by_number[number]
+                self._steps_changed += 1
                 for ordered in (self._steps, self._open, self._complete, self._ready):
                     ordered.discard(number)
             return
@@ -278,7 +287,34 @@ class DirectoryIndex:
         facts = pointer_facts(pointers + ([best] if best is not None else []),
                               self._by_number.__contains__)
         return context_of(progress, self._top_complete(facts.complete_through), scanned_ns,
-                          policy, facts)
+                          policy, facts, self._soft_keeps(facts.complete_through, scanned_ns))
+
+    def _soft_keeps(self, through: int | None, scanned_ns: int) -> SoftKeeps:
+        """The soft rules' keeps, computed again only when the steps changed (or the
+        --keep-within window moved past one): a pass costs what they keep, at most."""
+        rules = self.policy.soft
+        if not rules.any:
+            return NO_SOFT_KEEPS
+        key = (self._steps_changed, through)
+        cached = self._soft
+        if cached is not None and cached[0] == key and (
+                cached[1].valid_until_ns is None or scanned_ns < cached[1].valid_until_ns):
+            return cached[1]
+        result = soft_keeps(self._complete_newest_first(through), rules, scanned_ns)
+        self._soft = (key, result)
+        return result
+
+    def _complete_newest_first(self, through: int | None) -> Iterator[tuple[int, int]]:
+        """(number, completion time) of the complete steps, newest first, lazily."""
+        complete = self._complete.values
+        if through is None:
+            numbers: Iterable[int] = reversed(complete)
+        else:
+            steps = self._steps.values
+            below = steps[: bisect.bisect_right(steps, through)]
+            numbers = sorted(set(complete) | set(below), reverse=True)
+        for number in numbers:
+            yield number, self.step(number).changed_ns
 
     def _top_complete(self, through: int | None) -> list[int]:
         """The `keep_last` newest complete steps, newest first: those holding a completion

@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from janitor.layouts import Layout
 from janitor.model import Consumer, Entry, Pointer, ScanOptions, Snapshot
 from janitor.protocol import printable
+from janitor.retention import NO_SOFT_KEEPS, ORDER, SoftKeeps, SoftRules, soft_keeps
 
 
 class Reason(StrEnum):
@@ -29,6 +30,10 @@ class Reason(StrEnum):
     NEWEST_COMPLETE = "newest-complete"
     IN_PROGRESS = "in-progress"
     KEEP_LAST = "keep-last"
+    KEEP_WITHIN = "keep-within"  # the soft rules (janitor.retention)
+    KEEP_HOURLY = "keep-hourly"
+    KEEP_DAILY = "keep-daily"
+    KEEP_INTERVAL = "keep-interval"
     AT_OR_ABOVE_LOADED = "at-or-above-loaded"
     CHANGED_AFTER_MARKER = "changed-after-marker"
     # Deletions:
@@ -42,6 +47,9 @@ DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.
 # One year: the longest grace any option accepts (janitor.cli.options); a policy read back from a
 # lock file is held to the same bound, so no recorded value can overflow the plan's arithmetic.
 MAX_PARTIAL_GRACE_S = 365 * 24 * 3600
+MAX_KEEP_WITHIN_S = 10 * 365 * 24 * 3600
+MAX_SOFT_COUNT = 100_000
+MAX_STEP = 10**19 - 1
 
 ProgressSource = Literal["loaded-step", "receiver-ready"]
 
@@ -61,6 +69,11 @@ class Policy:
     # being written (by another rank, or a slow writer): it is in progress, not abandoned.
     partial_grace_s: float = 600.0
     progress: ProgressSource = "loaded-step"
+    # The soft rules (janitor.retention): they keep more, never less.
+    keep_within_s: float | None = None
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_interval: tuple[int, int] | None = None  # (N, COUNT): the newest COUNT multiples of N
 
     def __post_init__(self) -> None:
         if self.interval_to_keep is not None and (
@@ -81,6 +94,24 @@ class Policy:
                               f"got {self.partial_grace_s}")
         if self.progress not in ("loaded-step", "receiver-ready"):
             raise PolicyError(f"unknown progress source {self.progress!r}")
+        within = self.keep_within_s
+        if within is not None and not (math.isfinite(within) and 0 < within <= MAX_KEEP_WITHIN_S):
+            raise PolicyError(f"--keep-within must be 1s..{MAX_KEEP_WITHIN_S // 86400}d, "
+                              f"got {within} s")
+        for flag, value in (("--keep-hourly", self.keep_hourly), ("--keep-daily", self.keep_daily)):
+            if isinstance(value, bool) or not 0 <= value <= MAX_SOFT_COUNT:
+                raise PolicyError(f"{flag} must be 0..{MAX_SOFT_COUNT}, got {value}")
+        if self.keep_interval is not None:
+            every, count = self.keep_interval
+            if not (1 <= every <= MAX_STEP and 1 <= count <= MAX_SOFT_COUNT):
+                raise PolicyError(f"--keep-interval N:COUNT needs N >= 1 and COUNT "
+                                  f"1..{MAX_SOFT_COUNT}, got {every}:{count}")
+
+    @property
+    def soft(self) -> SoftRules:
+        within = self.keep_within_s
+        return SoftRules(None if within is None else int(within * 1e9), self.keep_hourly,
+                         self.keep_daily, self.keep_interval)
 
     def describe(self) -> dict[str, object]:
         """A plain dict of the policy, for the lock file, logs and JSON output."""
@@ -90,6 +121,10 @@ class Policy:
             "keep_last": self.keep_last,
             "partial_grace_s": self.partial_grace_s,
             "progress": self.progress,
+            "keep_within_s": self.keep_within_s,
+            "keep_hourly": self.keep_hourly,
+            "keep_daily": self.keep_daily,
+            "keep_interval": None if self.keep_interval is None else list(self.keep_interval),
         }
 
     def __str__(self) -> str:
@@ -99,6 +134,14 @@ class Policy:
         if self.interval_to_keep is not None:
             parts.append(f"--interval-to-keep {self.interval_to_keep}")
         parts.append(f"--keep-last {self.keep_last}")
+        if self.keep_within_s is not None:
+            parts.append(f"--keep-within {self.keep_within_s:g}s")
+        if self.keep_hourly:
+            parts.append(f"--keep-hourly {self.keep_hourly}")
+        if self.keep_daily:
+            parts.append(f"--keep-daily {self.keep_daily}")
+        if self.keep_interval is not None:
+            parts.append(f"--keep-interval {self.keep_interval[0]}:{self.keep_interval[1]}")
         parts.append(f"--partial-grace {self.partial_grace_s:g}")
         return ", ".join(parts)
 
@@ -124,7 +167,25 @@ class Policy:
         if progress not in ("loaded-step", "receiver-ready"):
             raise PolicyError(f"the recorded policy has an unknown progress {progress!r}")
         return cls(gated=record["gated"], interval_to_keep=interval,
-                   keep_last=record["keep_last"], partial_grace_s=grace, progress=progress)
+                   keep_last=record["keep_last"], partial_grace_s=grace, progress=progress,
+                   **_recorded_soft(record))
+
+
+def _recorded_soft(record: dict[str, object]) -> dict[str, Any]:
+    """The soft rules of a recorded policy (absent in a record of an older janitor: none)."""
+    within = record.get("keep_within_s")
+    hourly, daily = record.get("keep_hourly", 0), record.get("keep_daily", 0)
+    interval = record.get("keep_interval")
+    if within is not None and (isinstance(within, bool) or not isinstance(within, int | float)):
+        raise PolicyError("the recorded policy has no valid 'keep_within_s'")
+    for key, value in (("keep_hourly", hourly), ("keep_daily", daily)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PolicyError(f"the recorded policy has no valid {key!r}")
+    if interval is not None and not (isinstance(interval, list) and len(interval) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in interval)):
+        raise PolicyError("the recorded policy has no valid 'keep_interval'")
+    return {"keep_within_s": None if within is None else float(within), "keep_hourly": hourly,
+            "keep_daily": daily, "keep_interval": None if interval is None else tuple(interval)}
 
 
 def for_layout(layout: Layout, options: ScanOptions, policy: Policy, *,
@@ -190,6 +251,8 @@ class Context:
     # is complete (every step at or below it is, whatever completion files it holds).
     pointed: frozenset[int] = frozenset()
     complete_through: int | None = None
+    # The complete steps the soft rules keep, each with every soft rule keeping it.
+    soft: SoftKeeps = NO_SOFT_KEEPS
 
     def complete(self, entry: Entry) -> bool:
         """Whether a step counts as complete: a completion file, or at or below a tracker."""
@@ -241,7 +304,8 @@ def _marker_progress(consumers: Sequence[Consumer], newest: int | None) -> Progr
 
 
 def context_of(progress: Progress, complete_desc: Sequence[int], scanned_ns: int,
-               policy: Policy, pointers: PointerFacts | None = None) -> Context:
+               policy: Policy, pointers: PointerFacts | None = None,
+               soft: SoftKeeps | None = None) -> Context:
     """The Context from the progress, the complete step numbers, newest first (only the first
     `keep_last` are read; with a tracker, every step at or below it counts), and what the
     pointer files say (a pointer problem halts the directory as a marker problem does)."""
@@ -251,7 +315,7 @@ def context_of(progress: Progress, complete_desc: Sequence[int], scanned_ns: int
     top = complete_desc[: policy.keep_last]
     return Context(progress, top[0] if top else None, frozenset(top),
                    scanned_ns - int(policy.partial_grace_s * 1e9), facts.pointed,
-                   facts.complete_through)
+                   facts.complete_through, soft or NO_SOFT_KEEPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,10 +353,12 @@ def snapshot_context(snapshot: Snapshot, policy: Policy) -> tuple[Context, list[
     numbers = {e.number for e in snapshot.steps}
     facts = pointer_facts(snapshot.pointers, numbers.__contains__)
     through = facts.complete_through
-    complete = sorted((e.number for e in snapshot.steps if e.number is not None and (
+    done = sorted(((e.number, e.changed_ns) for e in snapshot.steps if e.number is not None and (
         e.complete or (through is not None and e.number <= through))), reverse=True)
+    complete = [number for number, _ in done]
+    soft = soft_keeps(done, policy.soft, snapshot.scanned_ns)
     return context_of(read_progress(snapshot, policy), complete, snapshot.scanned_ns, policy,
-                      facts), complete
+                      facts, soft), complete
 
 
 def plan(snapshot: Snapshot, policy: Policy) -> Plan:
@@ -335,6 +401,9 @@ def _keep_reason(entry: Entry, policy: Policy, context: Context) -> Reason | Non
         return Reason.IN_PROGRESS
     if number in context.kept_last:
         return Reason.KEEP_LAST
+    soft = context.soft.kept.get(number)
+    if soft:
+        return Reason(soft[0])
     if policy.gated:
         if progress.loaded_step is None or number >= progress.loaded_step:
             return Reason.AT_OR_ABOVE_LOADED
@@ -387,8 +456,8 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
                   "the pointers name " + ", ".join(map(str, sorted(context.pointed))),
                   Reason.POINTED_TO)]
     if number is None:
-        step_rules = ("interval-multiple", "newest-complete", "keep-last", "at-or-above-loaded",
-                      "changed-after-marker")
+        step_rules = ("interval-multiple", "newest-complete", "keep-last", *ORDER,
+                      "at-or-above-loaded", "changed-after-marker")
         rules.insert(3, Rule("in-progress", recent, f"staging directory {changed}",
                              Reason.IN_PROGRESS))
         rules.extend(Rule(name, False, "a staging directory: no step number", Reason(name))
@@ -413,12 +482,28 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
     rules.append(_in_progress(entry, complete, number, newest, recent, markers, changed))
     rules.append(Rule("keep-last", number in context.kept_last,
                       _rank(complete, number, policy, complete_desc), Reason.KEEP_LAST))
+    rules.extend(_soft_rules(number, policy, context))
     rules.extend(_gate_rules(entry, number, policy, progress, consumers))
     rules.append(Rule("superseded", True, "deleted when no rule above applies (complete)",
                       Reason.SUPERSEDED) if complete else
                  Rule("abandoned-partial", True, "deleted when no rule above applies "
                       "(incomplete)", Reason.ABANDONED_PARTIAL))
     return rules
+
+
+def _soft_rules(number: int, policy: Policy, context: Context) -> list[Rule]:
+    """The soft rules (keep-within, -hourly, -daily, -interval), each judged on its own."""
+    kept = context.soft.kept.get(number, ())
+    given = {"keep-within": policy.keep_within_s is not None, "keep-hourly": policy.keep_hourly,
+             "keep-daily": policy.keep_daily, "keep-interval": policy.keep_interval is not None}
+    flag = {"keep-within": f"--keep-within {policy.keep_within_s:g}s"
+            if policy.keep_within_s else "", "keep-hourly": f"--keep-hourly {policy.keep_hourly}",
+            "keep-daily": f"--keep-daily {policy.keep_daily}",
+            "keep-interval": "--keep-interval {}:{}".format(*policy.keep_interval)
+            if policy.keep_interval else ""}
+    return [Rule(name, name in kept, (f"kept by {flag[name]}" if name in kept else
+                                      f"not among those {flag[name]} keeps") if given[name]
+                 else f"no --{name}", Reason(name)) for name in ORDER]
 
 
 def _progress_detail(policy: Policy, progress: Progress, consumers: Sequence[Consumer]) -> str:

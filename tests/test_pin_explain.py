@@ -314,7 +314,7 @@ def test_explain_lists_every_rule_that_applies_with_its_values(tmp_path: Path) -
     assert lines[0] == f"{tree}/step_10: keep (interval-multiple)"
     assert lines[-1] == "decision: keep, reason interval-multiple"
     rule_lines = [x for x in lines if x.startswith(("  applies", "  -"))]
-    assert len(rule_lines) == 10  # every rule of decide, pointed-to included
+    assert len(rule_lines) == 14  # every rule of decide: pointed-to and the soft rules too
     assert [x.split()[1] for x in rule_lines if x.startswith("  applies")] == _applying(ten)
     assert sum("<- decides" in x for x in rule_lines) == 1
     assert "<- decides" in next(x for x in rule_lines if "interval-multiple" in x)
@@ -398,7 +398,7 @@ def test_the_first_applying_rule_is_decides_reason(steps: list[Entry], consumers
         assert first.verdict == decision.reason, (decision, rules)
         assert first.delete == decision.delete
         assert rules[-1].applies and rules[-1].delete  # the deletion rule closes every list
-        assert len({r.name for r in rules}) == len(rules) == 10
+        assert len({r.name for r in rules}) == len(rules) == 14
         assert all(r.detail and "\n" not in r.detail for r in rules)
 
 

@@ -34,6 +34,19 @@ def policy_options(command: F) -> F:
         strict.option("--keep-last", type=strict.KEEP_LAST, default=1, show_default=True,
                       envvar="JANITOR_KEEP_LAST", show_envvar=True,
                       help="Keep the K newest complete steps."),
+        strict.option("--keep-within", type=strict.DURATION, default=None,
+                      envvar="JANITOR_KEEP_WITHIN", show_envvar=True,
+                      help="Also keep every complete step completed within this long (6h, 2d)."),
+        strict.option("--keep-hourly", type=strict.SOFT_COUNT, default=0, show_default=True,
+                      envvar="JANITOR_KEEP_HOURLY", show_envvar=True, metavar="H",
+                      help="Also keep the newest complete step of each of the last H hours."),
+        strict.option("--keep-daily", type=strict.SOFT_COUNT, default=0, show_default=True,
+                      envvar="JANITOR_KEEP_DAILY", show_envvar=True, metavar="D",
+                      help="Also keep the newest complete step of each of the last D days (UTC)."),
+        strict.option("--keep-interval", type=strict.EVERY_COUNT, default=None,
+                      envvar="JANITOR_KEEP_INTERVAL", show_envvar=True,
+                      help="Also keep the newest COUNT complete multiples of N (bounded, unlike "
+                           "--interval-to-keep)."),
         strict.option("--gate/--no-gate", type=strict.BOOL, default=True, show_default=True,
                       envvar="JANITOR_GATE", show_envvar=True,
                       help="Delete only below the loaded step (LOADED_STEP markers). "
@@ -131,7 +144,11 @@ def build_policy(kwargs: dict[str, Any]) -> tuple[Policy, ScanOptions]:
         policy = Policy(gated=kwargs.pop("gate"), interval_to_keep=kwargs.pop("interval_to_keep"),
                         keep_last=kwargs.pop("keep_last"),
                         partial_grace_s=kwargs.pop("partial_grace"),
-                        progress=kwargs.pop("progress"))
+                        progress=kwargs.pop("progress"),
+                        keep_within_s=kwargs.pop("keep_within"),
+                        keep_hourly=kwargs.pop("keep_hourly"),
+                        keep_daily=kwargs.pop("keep_daily"),
+                        keep_interval=kwargs.pop("keep_interval"))
     except PolicyError as exc:
         raise click.UsageError(str(exc)) from None
     layout = _layout(kwargs.pop("layout"), kwargs.pop("layout_file"))
@@ -177,7 +194,8 @@ def problem_line(line: str) -> None:
 # The options that make up a policy: given explicitly, they replace a running janitor's recorded
 # one in `status` and `explain`.
 _POLICY_PARAMS = ("interval_to_keep", "keep_last", "gate", "complete_markers", "progress",
-                  "partial_grace", "layout", "layout_file")
+                  "partial_grace", "layout", "layout_file", "keep_within", "keep_hourly",
+                  "keep_daily", "keep_interval")
 
 
 def policy_given(ctx: click.Context) -> bool:

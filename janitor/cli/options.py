@@ -38,7 +38,8 @@ import click
 from click.core import ParameterSource
 
 from janitor import protocol
-from janitor.policy import MAX_PARTIAL_GRACE_S
+from janitor.policy import MAX_KEEP_WITHIN_S, MAX_PARTIAL_GRACE_S, MAX_SOFT_COUNT
+from janitor.retention import parse_duration
 
 # The accepted boolean spellings, compared after lower-casing (and nothing else: no strip).
 BOOL_STATES: dict[str, bool] = {
@@ -180,6 +181,48 @@ class StrictInt(click.ParamType[int]):
 
     def __repr__(self) -> str:
         return f"StrictInt({self.range_text})"
+
+
+class Duration(click.ParamType[float]):
+    """A whole number and one unit, ASCII: `90s`, `30m`, `6h`, `7d`, `2w` (seconds out)."""
+
+    name = "duration"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        seconds = parse_duration(value) if isinstance(value, str) else None
+        if seconds is None or not 1 <= seconds <= MAX_KEEP_WITHIN_S:
+            self.fail(f"{_shown(value)} is not a duration; expected a whole number and one "
+                      f"unit (s, m, h, d, w), e.g. 6h, 1s..{MAX_KEEP_WITHIN_S // 86400}d",
+                      param, ctx)
+        return seconds
+
+
+class EveryCount(click.ParamType[tuple[int, int]]):
+    """`N:COUNT`, two ASCII decimal integers: keep the newest COUNT multiples of N."""
+
+    name = "every:count"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "N:COUNT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        every, _, count = value.partition(":") if isinstance(value, str) else ("", "", "")
+        parts = [every, count]
+        if not all(p.isascii() and p.isdigit() and len(p) <= 19 and (p == "0" or p[0] != "0")
+                   for p in parts) or not (1 <= int(every) <= MAX_STEP_NUMBER
+                                           and 1 <= int(count) <= MAX_SOFT_COUNT):
+            self.fail(f"{_shown(value)} is not N:COUNT; expected two whole numbers, N >= 1 "
+                      f"and COUNT 1..{MAX_SOFT_COUNT}, e.g. 1000:3", param, ctx)
+        return int(every), int(count)
 
 
 class StrictFloat(click.ParamType[float]):
@@ -347,6 +390,7 @@ class MetricsAddr(click.ParamType[tuple[str, int]]):
 
 STRICT_TYPES: tuple[type[click.ParamType[Any]], ...] = (
     StrictBool, StrictInt, StrictFloat, RootPath, AuditLogPath, FilePath, MarkerName, MetricsAddr,
+    Duration, EveryCount,
 )
 
 BOOL = StrictBool()
@@ -363,6 +407,9 @@ AUDIT_LOG = AuditLogPath()
 MARKER = MarkerName()
 METRICS_ADDR = MetricsAddr()
 FILE_PATH = FilePath()
+DURATION = Duration()
+EVERY_COUNT = EveryCount()
+SOFT_COUNT = StrictInt(0, MAX_SOFT_COUNT)
 
 
 _FC = TypeVar("_FC", bound=Callable[..., Any])

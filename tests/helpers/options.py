@@ -98,6 +98,28 @@ LAYOUTS = ("step", "prime-rl-broadcasts", "prime-rl-checkpoints", "hf", "torchti
            "megatron", "verl", "deepspeed", "auto")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> float:
+    """The README's --keep-within: a whole number and one of s m h d w, 1 s to 3650 days."""
+    match = re.fullmatch(r"(0|[1-9][0-9]*)([smhdw])", text, re.ASCII)
+    if not match:
+        raise RefusedError(text)
+    seconds = int(match[1]) * _UNITS[match[2]]
+    if not 1 <= seconds <= 3650 * 86400:
+        raise RefusedError(text)
+    return float(seconds)
+
+
+def every_count(text: str) -> tuple[int, int]:
+    """The README's --keep-interval N:COUNT: N >= 1, COUNT 1..100000, canonical decimals."""
+    match = re.fullmatch(r"(0|[1-9][0-9]{0,18}):(0|[1-9][0-9]{0,18})", text, re.ASCII)
+    if not match or not (int(match[1]) >= 1 and 1 <= int(match[2]) <= 100_000):
+        raise RefusedError(text)
+    return int(match[1]), int(match[2])
+
+
 def choice(*values: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in values:
@@ -160,6 +182,10 @@ POLICY_SPECS = (
          "loaded-step"),
     Spec("--partial-grace", "JANITOR_PARTIAL_GRACE", decimal_in("0", "31536000"), 600.0),
     Spec("--layout", "JANITOR_LAYOUT", choice(*LAYOUTS), "step"),
+    Spec("--keep-within", "JANITOR_KEEP_WITHIN", duration, None),
+    Spec("--keep-hourly", "JANITOR_KEEP_HOURLY", int_in(0, 100_000), 0),
+    Spec("--keep-daily", "JANITOR_KEEP_DAILY", int_in(0, 100_000), 0),
+    Spec("--keep-interval", "JANITOR_KEEP_INTERVAL", every_count, None),
     Spec("--max-depth", "JANITOR_MAX_DEPTH", int_in(0, 64), 3),
     Spec("--dry-run", "JANITOR_DRY_RUN", parse_bool, False, is_flag=True),
 )
