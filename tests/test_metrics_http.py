@@ -50,6 +50,9 @@ EXPECTED_TYPES = {
     "ckpt_janitor_directory_bytes": "gauge",
     "ckpt_janitor_directory_trash_bytes": "gauge",
     "ckpt_janitor_standby_directories": "gauge",
+    "ckpt_janitor_directory_over_budget_bytes": "gauge",
+    "ckpt_janitor_filesystem_short_bytes": "gauge",
+    "ckpt_janitor_filesystem_seconds_to_full": "gauge",
     "ckpt_janitor_directories_watched": "gauge",
     "ckpt_janitor_watch_mode": "gauge",
     "ckpt_janitor_watches": "gauge",
@@ -88,6 +91,9 @@ def exercised_metrics() -> Metrics:
     metrics.set_directory_bytes("run1/broadcasts", 3 * 10**9)
     metrics.set_directory_trash_bytes("run1/broadcasts", 10**9)
     metrics.set_standby(2)
+    metrics.set_directory_pressure("run1/broadcasts", 5 * 10**8)
+    metrics.set_filesystem_pressure("/data", 10**9)
+    metrics.set_filesystem_forecast("/data", 3600.0)
     metrics.set_filesystems({"/data": (5 * 10**9, 8 * 10**9), "/scratch": (2 * 10**9, 4 * 10**9)})
     metrics.set_watching({"inotify": 2, "poll": 1}, watches=7)
     return metrics
@@ -125,6 +131,10 @@ def test_values_are_what_the_loop_reported() -> None:
     assert got["ckpt_janitor_directory_bytes", (("stream", "run1/broadcasts"),)] == 3 * 10**9
     assert got["ckpt_janitor_directory_trash_bytes", (("stream", "run1/broadcasts"),)] == 10**9
     assert got["ckpt_janitor_standby_directories", ()] == 2
+    assert got["ckpt_janitor_directory_over_budget_bytes", (("stream", "run1/broadcasts"),)] == \
+        5 * 10**8
+    assert got["ckpt_janitor_filesystem_short_bytes", (("mountpoint", "/data"),)] == 10**9
+    assert got["ckpt_janitor_filesystem_seconds_to_full", (("mountpoint", "/data"),)] == 3600
     assert got["ckpt_janitor_watches", ()] == 7
 
 

@@ -88,6 +88,8 @@ def valid_text(spec: Spec) -> st.SearchStrategy[str]:
         "--keep-hourly": st.integers(0, 48).map(str),
         "--keep-daily": st.integers(0, 14).map(str),
         "--keep-interval": st.sampled_from(["1:1", "3:2", "1000:3", "7:100000"]),
+        "--max-bytes": st.sampled_from(["1", "4096", "500G", "1.5T", "2GiB", "8MB"]),
+        "--min-free": st.sampled_from(["10%", "0.5%", "99.9%", "50G", "1"]),
         "--partial-grace": st.sampled_from(["0", "0.5", "600", "31536000", "007.250"]),
         "--max-depth": st.integers(0, 5).map(str),
         "--reclaim-workers": st.integers(1, 8).map(str),
@@ -389,7 +391,11 @@ def test_parsed_values_match_the_oracle(command: str, data: st.DataObject) -> No
                 return
     assert want is not None, f"accepted an invalid case {case!r}: {ctx.params}"
     for name, value in want.items():
-        assert ctx.params[name] == value, (name, ctx.params[name], value, case)
+        got = ctx.params[name]
+        if name == "min_free" and got is not None:  # a Budget: compared by what it holds
+            got = ("fraction", got.min_free_fraction) if got.min_free_fraction is not None \
+                else ("bytes", float(got.min_free_bytes))
+        assert got == value, (name, got, value, case)
     assert all(os.path.isabs(root) for root in ctx.params["roots" if command != "sweep"
                                                         else "paths"])
     _label("valid")

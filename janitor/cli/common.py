@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from janitor import layout_file, layouts, protocol
+from janitor.budget import Budget
 from janitor.cli import options as strict
 from janitor.fs import reserved
 from janitor.layouts import Layout
@@ -83,6 +84,29 @@ def policy_options(command: F) -> F:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def budget_options(command: F) -> F:
+    """--max-bytes and --min-free: watched and reported (alert mode), never a reason to delete."""
+    command = strict.option(
+        "--min-free", type=strict.MIN_FREE, default=None, envvar="JANITOR_MIN_FREE",
+        show_envvar=True,
+        help="Free space each filesystem should keep (50G, or 10% of it): said when it is not, "
+             "in the log, status and metrics; nothing more is deleted than the rules allow.",
+    )(command)
+    return strict.option(
+        "--max-bytes", type=strict.BYTE_SIZE, default=None, envvar="JANITOR_MAX_BYTES",
+        show_envvar=True,
+        help="Bytes one managed directory should hold at most (steps and trash; 500G, 2T): "
+             "said when it holds more; nothing more is deleted than the rules allow.",
+    )(command)
+
+
+def build_budget(kwargs: dict[str, Any]) -> Budget:
+    """The Budget of --max-bytes and --min-free (popped from the parsed options)."""
+    free: Budget | None = kwargs.pop("min_free")
+    return Budget(kwargs.pop("max_bytes"), free.min_free_bytes if free else None,
+                  free.min_free_fraction if free else None)
 
 
 def audit_option(command: F) -> F:

@@ -38,6 +38,7 @@ import click
 from click.core import ParameterSource
 
 from janitor import protocol
+from janitor.budget import Budget, BudgetError, parse_min_free, parse_size
 from janitor.policy import MAX_KEEP_WITHIN_S, MAX_PARTIAL_GRACE_S, MAX_SOFT_COUNT
 from janitor.retention import parse_duration
 
@@ -225,6 +226,42 @@ class EveryCount(click.ParamType[tuple[int, int]]):
         return int(every), int(count)
 
 
+class ByteSize(click.ParamType[int]):
+    """`500G`, `1.5T`, `4096`: bytes (K, M, G, T, P are powers of 1024)."""
+
+    name = "size"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return parse_size(value) if isinstance(value, str) else parse_size("")
+        except BudgetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class MinFree(click.ParamType[Budget]):
+    """`50G` or `10%`: the free space to keep on each filesystem."""
+
+    name = "min-free"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "SIZE|PCT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Budget:
+        if isinstance(value, Budget):
+            return value
+        try:
+            return parse_min_free(value if isinstance(value, str) else "")
+        except BudgetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class StrictFloat(click.ParamType[float]):
     """A finite ASCII decimal number (digits, optionally '.digits') in [low, high]."""
 
@@ -390,7 +427,7 @@ class MetricsAddr(click.ParamType[tuple[str, int]]):
 
 STRICT_TYPES: tuple[type[click.ParamType[Any]], ...] = (
     StrictBool, StrictInt, StrictFloat, RootPath, AuditLogPath, FilePath, MarkerName, MetricsAddr,
-    Duration, EveryCount,
+    Duration, EveryCount, ByteSize, MinFree,
 )
 
 BOOL = StrictBool()
@@ -410,6 +447,8 @@ FILE_PATH = FilePath()
 DURATION = Duration()
 EVERY_COUNT = EveryCount()
 SOFT_COUNT = StrictInt(0, MAX_SOFT_COUNT)
+BYTE_SIZE = ByteSize()
+MIN_FREE = MinFree()
 
 
 _FC = TypeVar("_FC", bound=Callable[..., Any])

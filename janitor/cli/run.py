@@ -9,13 +9,22 @@ import click
 import structlog
 
 from janitor.cli import options as strict
-from janitor.cli.common import audit_option, build_policy, open_audit, policy_options, problem_line
+from janitor.cli.common import (
+    audit_option,
+    budget_options,
+    build_budget,
+    build_policy,
+    open_audit,
+    policy_options,
+    problem_line,
+)
 
 
 @click.command()
 @strict.argument("roots", nargs=-1, required=True, type=strict.ROOTS, envvar="JANITOR_ROOTS",
                  metavar="ROOT...")
 @policy_options
+@budget_options
 @audit_option
 @strict.option("--watch", type=click.Choice(["auto", "inotify", "poll"]), default="auto",
                show_default=True, envvar="JANITOR_WATCH", show_envvar=True,
@@ -61,6 +70,7 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
     dry_run = bool(kwargs.pop("dry_run"))
     max_depth = int(kwargs.pop("max_depth"))
     policy, options = build_policy(kwargs)
+    budget = build_budget(kwargs)
     configure_logging(log_format, log_level)  # type: ignore[arg-type]
     audit_file, audit_off = open_audit(audit_log, dry_run)
     if audit_off:
@@ -71,7 +81,7 @@ def run(roots: tuple[str, ...], watch: str, poll_interval: float, rescan_interva
                           poll_interval_s=poll_interval, rescan_interval_s=rescan_interval,
                           metrics_addr=metrics_addr, once=once, exit_with_pid=exit_with_pid,
                           audit=audit_file, reclaim_workers=reclaim_workers,
-                          standby=standby)
+                          standby=standby, budget=budget)
     try:
         code = Daemon(config).run()
     except StartupError as exc:

@@ -9,13 +9,21 @@ from typing import Any
 import click
 
 from janitor.cli import options as strict
-from janitor.cli.common import build_policy, policy_given, policy_options, problem_line
+from janitor.cli.common import (
+    budget_options,
+    build_budget,
+    build_policy,
+    policy_given,
+    policy_options,
+    problem_line,
+)
 
 
 @click.command()
 @strict.argument("roots", nargs=-1, required=True, type=strict.ROOTS, envvar="JANITOR_ROOTS",
                  metavar="ROOT...")
 @policy_options
+@budget_options
 @strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
                help="Print one JSON document instead of text.")
 def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
@@ -31,8 +39,9 @@ def status(roots: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     max_depth = int(kwargs.pop("max_depth"))
     explicit = policy_given(click.get_current_context())
     policy, options = build_policy(kwargs)
+    budget = build_budget(kwargs)
     code, reports = collect(tuple(roots), policy, options, max_depth, problem_line,
-                            explicit=explicit)
+                            explicit=explicit, budget=budget)
     if as_json:
         click.echo(json.dumps({"schema": STATUS_SCHEMA, "directories": reports}, indent=2))
     else:

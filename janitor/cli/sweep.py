@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from janitor.cli import options as strict
-from janitor.cli.common import audit_option, build_policy, open_audit, policy_options, problem_line
+from janitor.cli.common import (
+    audit_option,
+    budget_options,
+    build_budget,
+    build_policy,
+    open_audit,
+    policy_options,
+    problem_line,
+)
 from janitor.ops.report import (
     DirectoryReport,
     deletion_lines,
@@ -25,6 +33,7 @@ from janitor.ops.sweep import sweep as run_sweep
 @strict.argument("paths", nargs=-1, required=True, type=strict.ROOTS, envvar="JANITOR_ROOTS",
                  metavar="PATH...")
 @policy_options
+@budget_options
 @audit_option
 @strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
                help="Print one JSON document instead of text.")
@@ -42,8 +51,9 @@ def sweep(paths: tuple[str, ...], as_json: bool, quiet: bool, audit_log: str,
     dry_run = bool(kwargs.pop("dry_run"))
     max_depth = int(kwargs.pop("max_depth"))
     policy, options = build_policy(kwargs)
+    budget = build_budget(kwargs)
     request = SweepRequest(tuple(paths), policy, options, dry_run, max_depth,
-                           open_audit(audit_log, dry_run)[0], reclaim_workers)
+                           open_audit(audit_log, dry_run)[0], reclaim_workers, budget)
 
     def show(report: DirectoryReport) -> None:
         if not as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from janitor.budget import NO_BUDGET, Budget
 from janitor.model import ScanOptions
 from janitor.ops.audit import AuditLog
 from janitor.policy import Policy
@@ -38,3 +39,5 @@ class DaemonConfig:
     reclaim_workers: int = 1
     # Wait for a directory another janitor holds instead of refusing it (several pods, one tree).
     standby: bool = False
+    # --max-bytes and --min-free (alert mode): watched, never a reason to delete.
+    budget: Budget = NO_BUDGET

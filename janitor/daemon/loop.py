@@ -31,6 +31,7 @@ from janitor.daemon.footprint import Footprint
 from janitor.daemon.health_http import HealthServer, Liveness, start_server
 from janitor.daemon.metrics import Metrics
 from janitor.daemon.notify import Notifier
+from janitor.daemon.pressure import PressureWatch
 from janitor.daemon.reclaimer import Item, Reclaimer
 from janitor.daemon.recorder import PassRecorder
 from janitor.daemon.watch import signature
@@ -56,7 +57,8 @@ class Daemon:
         self.liveness = Liveness(config.rescan_interval_s, time.monotonic())
         self.dirty = DirtySet()
         self.fleet = Fleet(config, self.metrics, self.dirty)
-        self.recorder = PassRecorder(self.metrics, config.dry_run)
+        self.pressure = PressureWatch(config.budget, self.metrics)
+        self.recorder = PassRecorder(self.metrics, config.dry_run, self.pressure)
         self._stop_signal: int | None = None
         self._http: HealthServer | None = None
         self._pid_watch: psutil.Process | None = None
@@ -67,8 +69,11 @@ class Daemon:
         self._since = datetime.now(UTC).isoformat(timespec="seconds")
         # Sizes are measured only when someone can read them (the metrics are served).
         served = config.metrics_addr is not None
-        self.footprint = Footprint(self._publish_bytes) if served else None
-        self.reclaimer = Reclaimer(self._on_deleted, self._publish_trash if served else None,
+        # Sizes are needed where they are shown (metrics) or watched (--max-bytes).
+        sized = served or config.budget.max_bytes is not None
+        self.footprint = Footprint(self._publish_bytes) if sized else None
+        self._trash_bytes: dict[str, int] = {}
+        self.reclaimer = Reclaimer(self._on_deleted, self._publish_trash if sized else None,
                                    workers=config.reclaim_workers)
 
     @property
@@ -456,12 +461,16 @@ class Daemon:
 
     def _publish_bytes(self, path: str, bytes_: int) -> None:
         held = self.dirs.get(path)
-        if held is not None and held.stream is not None:
+        if held is None:
+            return
+        if held.stream is not None:
             self.metrics.set_directory_bytes(held.stream, bytes_)
+        self.pressure.directory(path, held.stream, bytes_ + self._trash_bytes.get(path, 0))
 
     def _publish_trash(self, path: str, bytes_: int, total: int) -> None:
         """Called on the reclaim thread: trash bytes of one directory and of all of them."""
         self.metrics.set_trash_pending_bytes(total)
+        self._trash_bytes[path] = bytes_  # read by the loop's next budget check
         held = self.dirs.get(path)
         if held is not None and held.stream is not None:
             self.metrics.set_directory_trash_bytes(held.stream, bytes_)

@@ -135,6 +135,12 @@ class Metrics:
                             ["mountpoint"], registry=r)
         self._size = Gauge(f"{p}filesystem_size_bytes", "Size of each filesystem holding a "
                            "managed directory, by mount point.", ["mountpoint"], registry=r)
+        self._fs_short = Gauge(f"{p}filesystem_short_bytes", "Bytes a filesystem is short of "
+                               "--min-free (0 when it has enough; alert mode).", ["mountpoint"],
+                               registry=r)
+        self._fs_eta = Gauge(f"{p}filesystem_seconds_to_full", "Seconds until the filesystem "
+                             "is full at the rate of the last ten minutes (+Inf when space is "
+                             "not falling).", ["mountpoint"], registry=r)
         self._mountpoints: set[str] = set()
         # Per managed directory, labelled by stream (its path below the root, capped in count:
         # see daemon.fleet.MAX_STREAMS); NaN where unknown (no valid marker, no step yet).
@@ -155,8 +161,12 @@ class Metrics:
                                 "off the reaction path.", stream, registry=r)
         self._dir_trash = Gauge(f"{p}directory_trash_bytes", "Bytes in a managed directory's "
                                 "trash waiting to be reclaimed.", stream, registry=r)
+        self._dir_over = Gauge(f"{p}directory_over_budget_bytes", "Bytes a managed directory "
+                               "holds beyond --max-bytes (0 within it; alert mode).", stream,
+                               registry=r)
         self._per_directory = (self._dir_loaded, self._dir_newest, self._dir_lag,
-                               self._dir_marker_age, self._dir_bytes, self._dir_trash)
+                               self._dir_marker_age, self._dir_bytes, self._dir_trash,
+                               self._dir_over)
         self._standby = Gauge(f"{p}standby_directories", "Managed directories another janitor "
                               "holds, which this one (--standby) waits to take over.",
                               registry=r)
@@ -250,6 +260,18 @@ class Metrics:
         """What waits in a managed directory's trash."""
         self._dir_trash.labels(stream=stream).set(bytes_)
 
+    def set_directory_pressure(self, stream: str, over_bytes: int) -> None:
+        """Bytes over --max-bytes of one managed directory."""
+        self._dir_over.labels(stream=stream).set(over_bytes)
+
+    def set_filesystem_pressure(self, mountpoint: str, short_bytes: int) -> None:
+        """Bytes a filesystem is short of --min-free."""
+        self._fs_short.labels(mountpoint=mountpoint).set(short_bytes)
+
+    def set_filesystem_forecast(self, mountpoint: str, seconds: float) -> None:
+        """Predicted seconds to full from the recent rate."""
+        self._fs_eta.labels(mountpoint=mountpoint).set(seconds)
+
     def set_standby(self, directories: int) -> None:
         """How many managed directories wait for another janitor's lock (--standby)."""
         self._standby.set(directories)
@@ -265,6 +287,9 @@ class Metrics:
         for gone in self._mountpoints - set(sizes):
             self._avail.remove(gone)
             self._size.remove(gone)
+            for gauge in (self._fs_short, self._fs_eta):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(gone)
         self._mountpoints = set(sizes)
         for mountpoint, (avail, total) in sizes.items():
             self._avail.labels(mountpoint=mountpoint).set(avail)

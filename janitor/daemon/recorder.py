@@ -18,6 +18,7 @@ import structlog
 from janitor import protocol
 from janitor.daemon.fleet import Held
 from janitor.daemon.metrics import Metrics
+from janitor.daemon.pressure import PressureWatch
 from janitor.fs import mounts
 from janitor.ops.incremental import RescanResult
 from janitor.ops.managed import PassResult
@@ -29,9 +30,11 @@ WOULD_DELETE_EVENTS = 200
 
 
 class PassRecorder:
-    def __init__(self, metrics: Metrics, dry_run: bool) -> None:
+    def __init__(self, metrics: Metrics, dry_run: bool,
+                 pressure: PressureWatch | None = None) -> None:
         self.metrics = metrics
         self.dry_run = dry_run
+        self.pressure = pressure
         self.last_pass_ms = 0.0
 
     def record(self, path: str, held: Held, result: PassResult,
@@ -107,7 +110,10 @@ class PassRecorder:
         self.last_pass_ms = (finished - started) * 1000
         self.metrics.reconcile_finished(finished - started, time.time())
         self.metrics.set_directory_lags(h.lag for h in dirs.values())
-        self.metrics.set_filesystems(_filesystems(dirs))
+        sizes = _filesystems(dirs)
+        self.metrics.set_filesystems(sizes)
+        if self.pressure is not None:
+            self.pressure.filesystems(sizes, finished)
         return finished
 
     def rescanned(self, path: str, result: RescanResult) -> None:

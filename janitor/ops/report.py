@@ -31,6 +31,7 @@ class DirectoryReport:
     refused: str | None = None
     error: str | None = None
     layout: str | None = None  # the layout the directory was read with (detected with auto)
+    pressure: list[str] = field(default_factory=list)  # --max-bytes / --min-free lines
 
     def deleted_count(self, dry_run: bool) -> int:
         if self.result is None:
@@ -106,7 +107,8 @@ def _progress_text(report: DirectoryReport) -> str:
 def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
     """The same facts as directory_text, as plain data."""
     out: dict[str, object] = {"path": protocol.printable(report.path), "refused": report.refused,
-                              "error": report.error, "layout": report.layout}
+                              "error": report.error, "layout": report.layout,
+                              "pressure": report.pressure}
     if report.result is None:
         return out
     snap, plan = report.result.snapshot, report.result.plan

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from janitor import exitcodes, protocol
+from janitor.budget import NO_BUDGET, Budget
 from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
@@ -20,8 +21,8 @@ from janitor.policy import Policy
 
 
 def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_depth: int,
-            problem: Callable[[str], None], *,
-            explicit: bool = False) -> tuple[int, list[dict[str, object]]]:
+            problem: Callable[[str], None], *, explicit: bool = False,
+            budget: Budget = NO_BUDGET) -> tuple[int, list[dict[str, object]]]:
     """One plain-data report per managed directory under `roots`; the daemon's lock is not taken.
 
     Where a janitor holds a directory's lock, the plan shown is made with the policy its lock
@@ -39,7 +40,8 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
             continue
         for path in discover(root, max_depth, layouts=searched(options.layout)).managed:
             try:
-                reports.append(_directory(path, policy, options, explicit, peers))
+                reports.append(_with_pressure(_directory(path, policy, options, explicit,
+                                                         peers), budget))
             except OSError as exc:
                 problem(f"{protocol.printable(path)}: {exc.strerror or exc}")
                 code = exitcodes.ERROR
@@ -80,6 +82,7 @@ def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
         "trash_entries": trash[0],
         "trash_bytes": trash[1],
         "free_bytes": vfs.f_bavail * vfs.f_frsize,
+        "size_bytes": vfs.f_blocks * vfs.f_frsize,
         "daemon": {"running": held, **(holder or {})} if holder or held else {"running": False},
         # Every janitor of this network namespace that announces this directory: the lock's
         # holder ("active", with its watch mode), a dry run or a standby (neither holds it).
@@ -91,6 +94,20 @@ def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
         "policy_source": choice.source,
         "policy_warning": choice.warning,
     }
+
+
+def _with_pressure(report: dict[str, object], budget: Budget) -> dict[str, object]:
+    """--max-bytes / --min-free against what the report measured (alert mode)."""
+    decisions = report["decisions"]
+    assert isinstance(decisions, dict)
+    used = sum(int(b["bytes"]) for b in decisions.values()) + int(str(report["trash_bytes"]))
+    report["bytes"] = used
+    report["pressure"] = {"over_max_bytes": budget.over(used) if budget.max_bytes else None,
+                          "short_of_min_free": budget.short(int(str(report["free_bytes"])),
+                                                            int(str(report["size_bytes"])))
+                          if budget.min_free_bytes or budget.min_free_fraction else None,
+                          **budget.describe()}
+    return report
 
 
 def _trash(directory: ManagedDirectory) -> tuple[int, int]:
@@ -153,4 +170,20 @@ def render(reports: list[dict[str, object]]) -> list[str]:
         lines.append(f"  trash:     {report['trash_entries']} entries, "
                      f"{human_bytes(int(str(report['trash_bytes'])))} pending")
         lines.append(f"  free:      {human_bytes(int(str(report['free_bytes'])))}")
+        lines.extend(_pressure_lines(report))
+    return lines
+
+
+def _pressure_lines(report: dict[str, object]) -> list[str]:
+    pressure = report.get("pressure")
+    if not isinstance(pressure, dict):
+        return []
+    lines = []
+    if pressure.get("over_max_bytes"):
+        lines.append(f"  pressure:  holds {human_bytes(int(str(report['bytes'])))}, "
+                     f"{human_bytes(int(pressure['over_max_bytes']))} over --max-bytes "
+                     f"(alert: nothing more is deleted than the rules allow)")
+    if pressure.get("short_of_min_free"):
+        lines.append(f"  pressure:  {human_bytes(int(pressure['short_of_min_free']))} short of "
+                     "--min-free on its filesystem (alert)")
     return lines

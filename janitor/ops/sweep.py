@@ -8,10 +8,12 @@ stderr; the exit code says what happened (janitor.exitcodes).
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from janitor import exitcodes, protocol
+from janitor.budget import NO_BUDGET, Budget
 from janitor.fs import lock, reaper, reserved
 from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
@@ -20,7 +22,7 @@ from janitor.model import ScanOptions, Snapshot
 from janitor.ops.audit import AuditLog
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
-from janitor.ops.report import DirectoryReport
+from janitor.ops.report import DirectoryReport, human_bytes
 from janitor.policy import Policy
 
 
@@ -33,6 +35,7 @@ class SweepRequest:
     max_depth: int
     audit: AuditLog | None = None
     reclaim_workers: int = 1
+    budget: Budget = NO_BUDGET
 
 
 def sweep(request: SweepRequest, problem: Callable[[str], None],
@@ -55,7 +58,8 @@ def sweep(request: SweepRequest, problem: Callable[[str], None],
         for path in managed:
             report = sweep_directory(path, request)
             codes.append(_code(report, request.dry_run))
-            for line in _problems(report):
+            report.pressure = pressure_of(report, request.budget, request.dry_run)
+            for line in [*_problems(report), *report.pressure]:
                 problem(line)
             reports.append(report)
             on_directory(report)
@@ -94,6 +98,34 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             report.refused = (f"{shown}: {result.plan.halted}; deleting nothing here until "
                               f"{_until(directory, result.snapshot, result.plan.halted)}")
     return report
+
+
+def pressure_of(report: DirectoryReport, budget: Budget, dry_run: bool) -> list[str]:
+    """What --max-bytes and --min-free say of a directory after its sweep (alert mode: one line
+    each, nothing more deleted)."""
+    if not budget.any or report.result is None:
+        return []
+    shown = protocol.printable(report.path)
+    gone = {d.entry.name for d in report.result.plan.doomed} if dry_run else \
+        {t.entry.name for t in report.result.trashed}
+    used = sum(size for name, size in report.sizes.items() if name not in gone)
+    lines = []
+    over = budget.over(used)
+    if over:
+        lines.append(f"{shown}: pressure: holds {human_bytes(used)}, {human_bytes(over)} over "
+                     f"--max-bytes {human_bytes(budget.max_bytes or 0)}; nothing more is deleted "
+                     "than the rules allow (janitor status says what keeps it)")
+    try:
+        vfs = os.statvfs(report.path)
+    except OSError:
+        return lines
+    avail, total = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
+    short = budget.short(avail, total)
+    if short:
+        lines.append(f"{shown}: pressure: {human_bytes(avail)} free on its filesystem, "
+                     f"{human_bytes(short)} short of --min-free; nothing more is deleted than "
+                     "the rules allow")
+    return lines
 
 
 def _until(directory: ManagedDirectory, snapshot: Snapshot, halted: str) -> str:

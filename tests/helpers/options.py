@@ -120,6 +120,31 @@ def every_count(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+_POWERS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
+
+
+def byte_size(text: str) -> int:
+    """The README's SIZE: a decimal number, then K, M, G, T or P (powers of 1024), then an
+    optional B or iB; 1 byte to 4 EiB."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)(i?B)?", text, re.ASCII)
+    if not match:
+        raise RefusedError(text)
+    value = int(float(match[1]) * (1 << _POWERS[match[2]]))
+    if not 1 <= value <= 1 << 62:
+        raise RefusedError(text)
+    return value
+
+
+def min_free(text: str) -> tuple[str, float]:
+    """--min-free: a SIZE, or a percentage strictly between 0 and 100."""
+    if text.endswith("%"):
+        body = text[:-1]
+        if not re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", body, re.ASCII) or not 0 < float(body) < 100:
+            raise RefusedError(text)
+        return "fraction", float(body) / 100
+    return "bytes", float(byte_size(text))
+
+
 def choice(*values: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in values:
@@ -192,6 +217,10 @@ POLICY_SPECS = (
 DELETER_SPECS = (
     Spec("--reclaim-workers", "JANITOR_RECLAIM_WORKERS", int_in(1, 64), 1),
 )
+BUDGET_SPECS = (
+    Spec("--max-bytes", "JANITOR_MAX_BYTES", byte_size, None),
+    Spec("--min-free", "JANITOR_MIN_FREE", min_free, None),
+)
 SWEEP_SPECS = (
     Spec("--quiet", "JANITOR_QUIET", parse_bool, False, is_flag=True),
 )
@@ -207,7 +236,7 @@ RUN_SPECS = (
     Spec("--log-level", "JANITOR_LOG_LEVEL", choice("debug", "info", "warning", "error"), "info"),
 )
 SPECS_BY_COMMAND = {
-    "sweep": POLICY_SPECS + DELETER_SPECS + SWEEP_SPECS,
-    "status": POLICY_SPECS,
-    "run": POLICY_SPECS + DELETER_SPECS + RUN_SPECS,
+    "sweep": POLICY_SPECS + BUDGET_SPECS + DELETER_SPECS + SWEEP_SPECS,
+    "status": POLICY_SPECS + BUDGET_SPECS,
+    "run": POLICY_SPECS + BUDGET_SPECS + DELETER_SPECS + RUN_SPECS,
 }
