@@ -376,8 +376,9 @@ def test_import_does_not_need_torch(tmp_path: Path) -> None:
 
 def test_public_api() -> None:
     assert set(trainer_hooks.__all__) == {
-        "load_step", "mark_loaded", "mark_receiver_ready", "newest_complete_step", "save_step",
-        "staged_step", "wait_for_step_newer_than"}
+        "HeadroomTimeout", "load_step", "mark_loaded", "mark_receiver_ready",
+        "newest_complete_step", "save_step", "staged_step", "wait_for_headroom",
+        "wait_for_step_newer_than"}
     assert trainer_hooks.__doc__
 
 

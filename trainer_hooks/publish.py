@@ -29,7 +29,7 @@ from typing import Any
 
 from janitor import protocol
 
-from . import _fs, _rename
+from . import _fs, _rename, headroom
 from ._checks import check_directory, check_file_name, check_step
 from ._torchio import torch_save
 
@@ -67,16 +67,26 @@ def staged_step(directory: str | os.PathLike[str], step: int,
 
 def save_step(directory: str | os.PathLike[str], step: int, state_dict: Any,
               filename: str = "model.pt",
-              complete_marker: str = protocol.DEFAULT_COMPLETE_MARKER) -> Path:
+              complete_marker: str = protocol.DEFAULT_COMPLETE_MARKER, *,
+              wait_for_headroom: bool | float = False) -> Path:
     """torch.save `state_dict` as `directory/step_<step>/<filename>`, published atomically.
 
     Returns the path of the published step directory. A full disk raises OSError (ENOSPC), not
-    torch's RuntimeError, and leaves no step behind.
+    torch's RuntimeError, and leaves no step behind. `wait_for_headroom=True` (or a timeout in
+    seconds) first waits, before staging, until the disk has room for a step as large as the
+    recent ones plus the default reserve (headroom.wait_for_headroom, 600 s for True); on
+    timeout HeadroomTimeout (errno ENOSPC) is raised and nothing is written.
     """
     number = check_step(step)
     name = check_file_name(filename, "filename")
     if name == complete_marker:
         raise ValueError(f"filename {name!r} is the completion marker's name; pick another")
+    if isinstance(wait_for_headroom, bool):
+        timeout = 600.0 if wait_for_headroom else None
+    else:
+        timeout = headroom.check_timeout(wait_for_headroom, "wait_for_headroom")
+    if timeout is not None:
+        headroom.wait_for_headroom(directory, timeout=timeout, complete_marker=complete_marker)
     with staged_step(directory, number, complete_marker) as staging:
         torch_save(state_dict, staging / name)
     return Path(directory) / protocol.step_name(number)
