@@ -14,7 +14,9 @@ import shutil
 import stat
 from pathlib import Path
 
-# O_NOFOLLOW: an entry inside a managed directory is never followed (DESIGN invariant 6).
+from janitor import protocol
+
+# O_NOFOLLOW: an entry inside a managed directory is never followed (invariant 6 of docs/design.md).
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -49,6 +51,17 @@ def open_step_dir(root: Path, step_dir: str) -> int:
         return open_entry_dir(step_dir, parent_fd, f"{root / step_dir}")
     finally:
         os.close(parent_fd)
+
+
+def step_numbers_newest_first(parent_fd: int) -> list[int]:
+    """The numbers of the `step_N` directories (never a symlink) in `parent_fd`, newest first."""
+    numbers: list[int] = []
+    with os.scandir(parent_fd) as entries:
+        for entry in entries:
+            number = protocol.parse_step_name(entry.name)
+            if isinstance(number, int) and entry.is_dir(follow_symlinks=False):
+                numbers.append(number)
+    return sorted(numbers, reverse=True)
 
 
 def is_regular_file(name: str, dir_fd: int) -> bool:

@@ -25,13 +25,7 @@ def newest_complete_step(directory: str | os.PathLike[str],
     marker = check_file_name(complete_marker, "complete_marker")
     parent_fd = _fs.open_directory(root)
     try:
-        candidates: list[int] = []
-        with os.scandir(parent_fd) as entries:
-            for entry in entries:
-                number = protocol.parse_step_name(entry.name)
-                if isinstance(number, int) and entry.is_dir(follow_symlinks=False):
-                    candidates.append(number)
-        for number in sorted(candidates, reverse=True):
+        for number in _fs.step_numbers_newest_first(parent_fd):
             if _is_complete(protocol.step_name(number), parent_fd, marker):
                 return number
         return None

@@ -127,14 +127,8 @@ def forecast_step_bytes(directory: str | os.PathLike[str],
     marker = check_file_name(complete_marker, "complete_marker")
     parent_fd = _fs.open_directory(root)
     try:
-        numbers: list[int] = []
-        with os.scandir(parent_fd) as entries:
-            for entry in entries:
-                number = protocol.parse_step_name(entry.name)
-                if isinstance(number, int) and entry.is_dir(follow_symlinks=False):
-                    numbers.append(number)
         sizes: list[int] = []
-        for number in sorted(numbers, reverse=True):
+        for number in _fs.step_numbers_newest_first(parent_fd):
             size = _complete_step_bytes(protocol.step_name(number), parent_fd, marker)
             if size is not None:
                 sizes.append(size)
