@@ -100,8 +100,10 @@ def _hostile(managed: Path, outside: Path, layout: str, kind: str, number: int) 
     elif kind == "file-step":
         _write(managed / name)
     elif kind == "non-canonical":
+        # A leading zero; for Megatron's zero-padded names, an Arabic-Indic zero in place of
+        # the first digit (one name per number: no two hostile entries collide).
         odd = name.replace(str(number), f"0{number}", 1) if layout != "megatron" else \
-            name.replace("iter_", "iter_٠", 1)[:-1]
+            name[:5] + "٠" + name[6:]
         (managed / odd).mkdir()
         _write(managed / odd / "shard.bin")
     elif kind.startswith("marker-") and COMPLETE[layout]:
