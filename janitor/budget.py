@@ -18,6 +18,8 @@ from dataclasses import dataclass
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)(i?B)?", re.ASCII)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 MAX_BYTES = 1 << 62
+# Relieving stops this fraction of --max-bytes below it, so one new step does not start again.
+HYSTERESIS = 0.05
 
 
 class BudgetError(ValueError):
@@ -43,6 +45,19 @@ class Budget:
     max_bytes: int | None = None
     min_free_bytes: int | None = None
     min_free_fraction: float | None = None  # 0 < f < 1
+    # alert: say so; relieve: also delete steps kept only by soft rules, oldest first, until
+    # HYSTERESIS below --max-bytes (the free-space watermark is alert only).
+    pressure: str = "alert"
+
+    @property
+    def relieves(self) -> bool:
+        return self.pressure == "relieve" and self.max_bytes is not None
+
+    def relieve_deficit(self, used: int) -> int:
+        """Bytes to free under relieve: back to HYSTERESIS below the budget once over it."""
+        if self.max_bytes is None or used <= self.max_bytes:
+            return 0
+        return used - (self.max_bytes - int(self.max_bytes * HYSTERESIS))
 
     @property
     def any(self) -> bool:
@@ -62,7 +77,7 @@ class Budget:
 
     def describe(self) -> dict[str, object]:
         return {"max_bytes": self.max_bytes, "min_free_bytes": self.min_free_bytes,
-                "min_free_fraction": self.min_free_fraction}
+                "min_free_fraction": self.min_free_fraction, "pressure": self.pressure}
 
 
 NO_BUDGET = Budget()

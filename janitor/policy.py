@@ -40,9 +40,14 @@ class Reason(StrEnum):
     SUPERSEDED = "superseded"
     ABANDONED_PARTIAL = "abandoned-partial"
     ABANDONED_STAGING = "abandoned-staging"
+    RELIEVED = "relieved"  # kept only by a soft rule, deleted under --pressure relieve
 
 
-DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.ABANDONED_STAGING})
+DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.ABANDONED_STAGING,
+                            Reason.RELIEVED})
+# The rules pressure may override (--pressure relieve); every other keep reason is hard.
+SOFT_REASONS = frozenset({Reason.KEEP_LAST, Reason.KEEP_WITHIN, Reason.KEEP_HOURLY,
+                          Reason.KEEP_DAILY, Reason.KEEP_INTERVAL})
 
 # One year: the longest grace any option accepts (janitor.cli.options); a policy read back from a
 # lock file is held to the same bound, so no recorded value can overflow the plan's arithmetic.
@@ -253,6 +258,8 @@ class Context:
     complete_through: int | None = None
     # The complete steps the soft rules keep, each with every soft rule keeping it.
     soft: SoftKeeps = NO_SOFT_KEEPS
+    # Under --pressure relieve: the soft-kept steps chosen to go (oldest first, see relieve).
+    relieve: frozenset[int] = frozenset()
 
     def complete(self, entry: Entry) -> bool:
         """Whether a step counts as complete: a completion file, or at or below a tracker."""
@@ -361,9 +368,12 @@ def snapshot_context(snapshot: Snapshot, policy: Policy) -> tuple[Context, list[
                       facts, soft), complete
 
 
-def plan(snapshot: Snapshot, policy: Policy) -> Plan:
-    """Decide keep or delete, with the rule that decided, for every entry of the snapshot."""
+def plan(snapshot: Snapshot, policy: Policy, relieved: frozenset[int] = frozenset()) -> Plan:
+    """Decide keep or delete, with the rule that decided, for every entry of the snapshot
+    (`relieved`: the soft-kept steps --pressure relieve chose to delete, see `relieve`)."""
     context, _ = snapshot_context(snapshot, policy)
+    if relieved:
+        context = replace(context, relieve=relieved)
     decisions = tuple(decide(e, policy, context) for e in snapshot.entries)
     return Plan(decisions, context.progress, context.newest_complete)
 
@@ -372,12 +382,44 @@ def decide(entry: Entry, policy: Policy, context: Context) -> Decision:
     """Keep or delete one entry, and the first rule that decided."""
     reason = _keep_reason(entry, policy, context)
     if reason is not None:
+        if (reason in SOFT_REASONS and entry.number in context.relieve
+                and gate_allows(entry, policy, context)):
+            return Decision(entry, delete=True, reason=Reason.RELIEVED)
         return Decision(entry, delete=False, reason=reason)
     if entry.staging:
         return Decision(entry, delete=True, reason=Reason.ABANDONED_STAGING)
     if context.complete(entry):
         return Decision(entry, delete=True, reason=Reason.SUPERSEDED)
     return Decision(entry, delete=True, reason=Reason.ABANDONED_PARTIAL)
+
+
+def gate_allows(entry: Entry, policy: Policy, context: Context) -> bool:
+    """Whether the consumer gate would let this step go: below the loaded step and unchanged
+    since the marker that licenses it (or no gate). Pressure never overrides it."""
+    if not policy.gated:
+        return True
+    progress, number = context.progress, entry.number
+    return (progress.problem is None and progress.loaded_step is not None and number is not None
+            and number < progress.loaded_step and progress.marker_ns is not None
+            and entry.changed_ns < progress.marker_ns)
+
+
+def relieve(decisions: Sequence[Decision], policy: Policy, context: Context,
+            sizes: Callable[[str], int], deficit: int) -> frozenset[int]:
+    """The steps --pressure relieve deletes to free `deficit` bytes: those kept only by a soft
+    rule that the gate would let go, oldest first, until enough (or none is left)."""
+    chosen: set[int] = set()
+    freed = 0
+    soft = sorted((d for d in decisions if not d.delete and d.reason in SOFT_REASONS
+                   and d.entry.number is not None and gate_allows(d.entry, policy, context)),
+                  key=lambda d: d.entry.number or 0)
+    for decision in soft:
+        if freed >= deficit:
+            break
+        assert decision.entry.number is not None
+        chosen.add(decision.entry.number)
+        freed += sizes(decision.entry.name)
+    return frozenset(chosen)
 
 
 def _keep_reason(entry: Entry, policy: Policy, context: Context) -> Reason | None:

@@ -90,6 +90,7 @@ def valid_text(spec: Spec) -> st.SearchStrategy[str]:
         "--keep-interval": st.sampled_from(["1:1", "3:2", "1000:3", "7:100000"]),
         "--max-bytes": st.sampled_from(["1", "4096", "500G", "1.5T", "2GiB", "8MB"]),
         "--min-free": st.sampled_from(["10%", "0.5%", "99.9%", "50G", "1"]),
+        "--pressure": st.sampled_from(["alert", "relieve"]),
         "--partial-grace": st.sampled_from(["0", "0.5", "600", "31536000", "007.250"]),
         "--max-depth": st.integers(0, 5).map(str),
         "--reclaim-workers": st.integers(1, 8).map(str),
@@ -234,6 +235,8 @@ def expected(case: Case, command: str, *, parse_only: bool = False) -> dict[str,
     if not parse_only and values.get("layout") == "auto" and any(
             s.spec.flag == "--complete-marker" for s in case.settings):
         raise RefusedError("--complete-marker with --layout auto: each layout has its own")
+    if not parse_only and values.get("pressure") == "relieve" and values.get("max_bytes") is None:
+        raise RefusedError("--pressure relieve without --max-bytes")
     how = case.roots[0]
     if how == "env-rel" or how.endswith("-raw"):
         raise RefusedError("blank root, or a relative root from the environment")
@@ -311,7 +314,9 @@ def check_rules(tree: Path, case: Case, values: dict[str, Any], before: dict[str
         assert {n for n in every if n % values["interval_to_keep"] == 0} <= left
     if complete:
         newest = sorted(complete, reverse=True)
-        assert set(newest[: values["keep_last"]]) <= left, (left, values["keep_last"])
+        # --keep-last is a soft rule: under --pressure relieve only the newest is hard.
+        keep = 1 if values.get("pressure") == "relieve" else values["keep_last"]
+        assert set(newest[:keep]) <= left, (left, values["keep_last"])
     else:
         assert left == every, "an incomplete step newer than the newest complete one went"
     for number in left:  # whole: a step is either whole or gone

@@ -87,7 +87,15 @@ def policy_options(command: F) -> F:
 
 
 def budget_options(command: F) -> F:
-    """--max-bytes and --min-free: watched and reported (alert mode), never a reason to delete."""
+    """--max-bytes, --min-free and --pressure: watched and reported; with --pressure relieve,
+    steps kept only by soft rules may go, never one a hard rule keeps."""
+    command = strict.option(
+        "--pressure", type=click.Choice(["alert", "relieve"]), default="alert",
+        show_default=True, envvar="JANITOR_PRESSURE", show_envvar=True,
+        help="Over --max-bytes: only say so (alert), or also delete steps kept only by soft "
+             "rules (--keep-last beyond the newest, --keep-within, -hourly, -daily, "
+             "-interval), oldest first, until 5% under it (relieve).",
+    )(command)
     command = strict.option(
         "--min-free", type=strict.MIN_FREE, default=None, envvar="JANITOR_MIN_FREE",
         show_envvar=True,
@@ -105,8 +113,12 @@ def budget_options(command: F) -> F:
 def build_budget(kwargs: dict[str, Any]) -> Budget:
     """The Budget of --max-bytes and --min-free (popped from the parsed options)."""
     free: Budget | None = kwargs.pop("min_free")
-    return Budget(kwargs.pop("max_bytes"), free.min_free_bytes if free else None,
-                  free.min_free_fraction if free else None)
+    budget = Budget(kwargs.pop("max_bytes"), free.min_free_bytes if free else None,
+                    free.min_free_fraction if free else None, kwargs.pop("pressure"))
+    if budget.pressure == "relieve" and budget.max_bytes is None:
+        raise click.UsageError("--pressure relieve needs --max-bytes (the free-space "
+                               "watermark --min-free only alerts)")
+    return budget
 
 
 def audit_option(command: F) -> F:

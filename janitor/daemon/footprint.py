@@ -89,6 +89,11 @@ class Footprint:
         self._sizes.pop(path, None)
         self._totals.pop(path, None)
 
+    def size_of(self, path: str, name: str) -> int:
+        """The measured size of one step (0 while not measured yet)."""
+        sized = self._sizes.get(path, {}).get(name)
+        return 0 if sized is None else sized.bytes
+
     def total(self, path: str) -> int:
         return self._totals.get(path, 0)
 

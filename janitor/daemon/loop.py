@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psutil
@@ -39,6 +40,7 @@ from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root
 from janitor.index import DirectoryIndex
 from janitor.ops.managed import ManagedDirectory, PassResult
+from janitor.policy import Context, Decision, relieve
 
 log = structlog.get_logger("janitor")
 
@@ -367,6 +369,8 @@ class Daemon:
         for path in sorted(dirty):
             held = self.dirs.get(path)
             if held is not None:
+                if self.config.budget.relieves and held.tracked.relieve is None:
+                    held.tracked.relieve = self._relief_for(path)
                 decided = self._reconcile(path, held, dirty[path]) or decided
         if decided:
             self.liveness.pass_finished(self.recorder.finished(started, self.dirs))
@@ -449,6 +453,25 @@ class Daemon:
         if result.trashed:
             footprint.removed(path, [t.entry.name for t in result.trashed])
 
+    def _relief_for(self, path: str) -> Callable[[list[Decision], Context], frozenset[int]]:
+        return lambda decisions, context: self._relief(path, decisions, context)
+
+    def _relief(self, path: str, decisions: list[Decision], context: Context) -> frozenset[int]:
+        """--pressure relieve over --max-bytes: the soft-kept steps to delete, oldest first,
+        by the sizes the footprint measured (a step not measured yet counts 0, so more go,
+        never a hard-kept one)."""
+        footprint = self.footprint
+        assert footprint is not None  # sized whenever --max-bytes is set
+        # What stays: the steps less those this pass deletes anyway. The trash is not counted:
+        # it is being freed, and counting it would relieve more than the budget asks.
+        used = footprint.total(path) - sum(footprint.size_of(path, d.entry.name)
+                                           for d in decisions if d.delete)
+        deficit = self.config.budget.relieve_deficit(used)
+        if not deficit:
+            return frozenset()
+        return relieve(decisions, self.dirs[path].tracked.managed.policy, context,
+                       lambda name: footprint.size_of(path, name), deficit)
+
     def _advance_footprint(self) -> None:
         if self.footprint is None or not self.footprint.pending:
             return
@@ -466,6 +489,8 @@ class Daemon:
         if held.stream is not None:
             self.metrics.set_directory_bytes(held.stream, bytes_)
         self.pressure.directory(path, held.stream, bytes_ + self._trash_bytes.get(path, 0))
+        if self.config.budget.relieves and self.config.budget.relieve_deficit(bytes_):
+            self.dirty.touch([path])  # a pass decides again with the sizes now known
 
     def _publish_trash(self, path: str, bytes_: int, total: int) -> None:
         """Called on the reclaim thread: trash bytes of one directory and of all of them."""

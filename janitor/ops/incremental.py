@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from janitor import protocol
 from janitor.fs.pointers import read_best
@@ -26,7 +26,7 @@ from janitor.fs.scan import classify, deepen, scan_items
 from janitor.index import DirectoryIndex, Mismatch
 from janitor.model import TRASH, Foreign, Item, Pointer, Snapshot
 from janitor.ops.managed import ManagedDirectory, PassResult
-from janitor.policy import Context, Plan, decide
+from janitor.policy import Context, Decision, Plan, decide
 
 # A rescan's mismatches are missed events only when the directory's own times show no entry was
 # added, removed or renamed for this long before the rescan began (an event for a change just
@@ -46,6 +46,9 @@ class TrackedDirectory:
         self.mismatches = 0  # missed events found by rescans, over the daemon's life
         self.rescan: Rescan | None = None  # the timer's check, while it runs
         self._rescan_quiet_ns: int | None = None  # asked for and not begun
+        # --pressure relieve: given the decisions and their context, the soft-kept steps to
+        # delete (the daemon sets it from its footprint and budget); None: no relieving.
+        self.relieve: Callable[[list[Decision], Context], frozenset[int]] | None = None
         # The best pointer read from the newest complete step, by (name, inode, change time).
         self._best: tuple[tuple[str, int, int], Pointer | None] | None = None
 
@@ -152,6 +155,10 @@ class TrackedDirectory:
         context = self._final_context(scanned_ns)
         candidates = index.candidates(context)
         decisions = [decide(e, self.managed.policy, context) for e in candidates]
+        chosen = self.relieve(decisions, context) if self.relieve is not None else frozenset()
+        if chosen:
+            context = replace(context, relieve=chosen)
+            decisions = [decide(e, self.managed.policy, context) for e in candidates]
         doomed = frozenset(d.entry.name for d in decisions if d.delete)
         snapshot = index.snapshot(self.managed.path, self.managed.dev, scanned_ns,
                                   entries=candidates, foreign=())

@@ -16,6 +16,7 @@ from janitor import exitcodes, protocol
 from janitor.budget import NO_BUDGET, Budget
 from janitor.fs import lock, reaper, reserved
 from janitor.fs.paths import check_root, discover
+from janitor.fs.scan import deepen
 from janitor.fs.sizes import tree_size
 from janitor.layouts import AUTO, Layout, searched
 from janitor.model import ScanOptions, Snapshot
@@ -23,7 +24,7 @@ from janitor.ops.audit import AuditLog
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
 from janitor.ops.report import DirectoryReport, human_bytes
-from janitor.policy import Policy
+from janitor.policy import Plan, Policy, plan, relieve, snapshot_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,10 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             report.leftover = directory.reclaim(workers=request.reclaim_workers)
             # Every step's pin read (not only the doomed ones'), so the output shows a step
             # pinned since the marker as `pinned`; the plan is the one executed.
-            result = directory.execute(*look_pinned(directory))
+            snapshot, decided = look_pinned(directory)
+            if request.budget.relieves:
+                snapshot, decided = relieved(directory, snapshot, decided, request.budget)
+            result = directory.execute(snapshot, decided)
             report.result = result
             report.layout = directory.options.layout.name
             for trashed in result.trashed:
@@ -98,6 +102,25 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             report.refused = (f"{shown}: {result.plan.halted}; deleting nothing here until "
                               f"{_until(directory, result.snapshot, result.plan.halted)}")
     return report
+
+
+def relieved(directory: ManagedDirectory, snapshot: Snapshot, decided: Plan,
+             budget: Budget) -> tuple[Snapshot, Plan]:
+    """--pressure relieve: over --max-bytes, the plan again with the soft-kept steps chosen
+    to go (oldest first, policy.relieve), those read in depth first (a pin found keeps one)."""
+    sizes = {e.name: tree_size(directory.fd, e.name) for e in snapshot.entries}
+    doomed = {d.entry.name for d in decided.doomed}
+    deficit = budget.relieve_deficit(sum(b for n, b in sizes.items() if n not in doomed))
+    if not deficit:
+        return snapshot, decided
+    context, _ = snapshot_context(snapshot, directory.policy)
+    chosen = relieve(decided.decisions, directory.policy, context,
+                     lambda name: sizes.get(name, 0), deficit)
+    if not chosen:
+        return snapshot, decided
+    names = frozenset(e.name for e in snapshot.steps if e.number in chosen)
+    snapshot = deepen(directory.fd, snapshot, names | doomed, directory.options)
+    return snapshot, plan(snapshot, directory.policy, chosen)
 
 
 def pressure_of(report: DirectoryReport, budget: Budget, dry_run: bool) -> list[str]:

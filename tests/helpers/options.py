@@ -220,6 +220,7 @@ DELETER_SPECS = (
 BUDGET_SPECS = (
     Spec("--max-bytes", "JANITOR_MAX_BYTES", byte_size, None),
     Spec("--min-free", "JANITOR_MIN_FREE", min_free, None),
+    Spec("--pressure", "JANITOR_PRESSURE", choice("alert", "relieve"), "alert"),
 )
 SWEEP_SPECS = (
     Spec("--quiet", "JANITOR_QUIET", parse_bool, False, is_flag=True),
