@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from janitor import protocol
+from janitor.fs.paths import holds_any
 from janitor.layouts import BUILT_IN, Layout
 
 # Looked into per grammar before deciding: detection stays cheap on a directory of 100,000 steps.
@@ -49,7 +50,7 @@ def detect(dir_fd: int) -> Layout | str:
             return (f"{layout.name} step names but no {layout.trackers[0].filename}: cannot "
                     f"tell which steps are complete; choose --layout {layout.name} to confirm")
         return layout
-    if not any(_holds(dir_fd, step, layout.complete) for step in steps[-SAMPLE:]):
+    if not any(holds_any(dir_fd, step, layout.complete) for step in steps[-SAMPLE:]):
         return (f"{layout.name} step names but none complete (no "
                 f"{' or '.join(layout.complete)}): cannot tell; choose one with --layout")
     return layout
@@ -57,19 +58,9 @@ def detect(dir_fd: int) -> Layout | str:
 
 def _step_family(dir_fd: int, steps: list[str]) -> Layout | str:
     sample = sorted(steps, key=lambda n: (len(n), n))[-SAMPLE:]
-    if any(_holds(dir_fd, step, (protocol.FINISHED_MARKER,)) for step in sample):
+    if any(holds_any(dir_fd, step, (protocol.FINISHED_MARKER,)) for step in sample):
         return BUILT_IN["prime-rl-broadcasts"]
-    stable = [s for s in sample if _holds(dir_fd, s, (protocol.DEFAULT_COMPLETE_MARKER,))]
-    if stable and any(_holds(dir_fd, s, ("trainer",)) for s in stable):
+    stable = [s for s in sample if holds_any(dir_fd, s, (protocol.DEFAULT_COMPLETE_MARKER,))]
+    if stable and any(holds_any(dir_fd, s, ("trainer",)) for s in stable):
         return BUILT_IN["prime-rl-checkpoints"]
     return BUILT_IN["step"]
-
-
-def _holds(dir_fd: int, step: str, names: tuple[str, ...]) -> bool:
-    for name in names:
-        try:
-            os.stat(f"{step}/{name}", dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        return True
-    return False

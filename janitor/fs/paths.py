@@ -149,17 +149,20 @@ def _tells(dir_fd: int, name: str, layouts: tuple[Layout, ...]) -> bool:
             continue
         if layout.prefix:
             return True
-        if any(_lexists(dir_fd, f"{name}/{marker}") for marker in layout.complete):
+        if holds_any(dir_fd, name, layout.complete):
             return True
     return False
 
 
-def _lexists(dir_fd: int, path: str) -> bool:
-    try:
-        os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return True
+def holds_any(dir_fd: int, step: str, names: tuple[str, ...]) -> bool:
+    """Whether the directory `step` in `dir_fd` holds one of `names` (never followed)."""
+    for name in names:
+        try:
+            os.stat(f"{step}/{name}", dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _look(path: str, layouts: tuple[Layout, ...]) -> tuple[Stamp, bool, list[str]]:

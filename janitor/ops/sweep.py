@@ -79,7 +79,8 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             # pinned since the marker as `pinned`; the plan is the one executed.
             snapshot, decided = look_pinned(directory)
             if request.budget.relieves:
-                snapshot, decided = relieved(directory, snapshot, decided, request.budget)
+                snapshot, decided = relieved(directory, snapshot, decided, request.budget,
+                                             report.sizes)
             result = directory.execute(snapshot, decided)
             report.result = result
             report.layout = directory.options.layout.name
@@ -104,11 +105,12 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     return report
 
 
-def relieved(directory: ManagedDirectory, snapshot: Snapshot, decided: Plan,
-             budget: Budget) -> tuple[Snapshot, Plan]:
+def relieved(directory: ManagedDirectory, snapshot: Snapshot, decided: Plan, budget: Budget,
+             sizes: dict[str, int]) -> tuple[Snapshot, Plan]:
     """--pressure relieve: over --max-bytes, the plan again with the soft-kept steps chosen
-    to go (oldest first, policy.relieve), those read in depth first (a pin found keeps one)."""
-    sizes = {e.name: tree_size(directory.fd, e.name) for e in snapshot.entries}
+    to go (oldest first, policy.relieve), those read in depth first (a pin found keeps one).
+    Each entry's size is measured into `sizes` (the report's: not measured again after)."""
+    sizes.update((e.name, tree_size(directory.fd, e.name)) for e in snapshot.entries)
     doomed = {d.entry.name for d in decided.doomed}
     deficit = budget.relieve_deficit(sum(b for n, b in sizes.items() if n not in doomed))
     if not deficit:
