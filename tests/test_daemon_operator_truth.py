@@ -158,7 +158,13 @@ def test_directory_bytes_follow_the_steps_and_trash_bytes_drain(
                "the directory's bytes to be measured")
     before = _du(managed)
     assert before > 7 * 256 * 1024
-    make_steps(managed, [8], files=1)
+    # Step 8 is sized while it is being written (empty), then completes with no event in its
+    # parent: the pass that reads it as the newest step must size it again.
+    make_steps(managed, [8], complete=False)
+    wait_until(lambda: gauge("ckpt_janitor_directory_bytes") == _du(managed), 10,
+               "the step being written to be measured")
+    (managed / "step_8" / "weights.bin").write_bytes(os.urandom(64 * 1024))
+    (managed / "step_8" / "STABLE").touch()
     publish_marker(managed, 6)
     wait_until(lambda: step_numbers(managed) == [6, 7, 8], 10, "steps 1-5 to go")
     wait_until(lambda: gauge("ckpt_janitor_directory_bytes") == _du(managed), 10,

@@ -1,7 +1,8 @@
 """How many bytes each managed directory's steps hold: the `directory_bytes{stream}` gauge.
 
 Measured off the reaction path. A step is sized once by its inode (a complete step does not
-change; one still being written is sized again at each refresh until it is complete), in slices
+change; one still being written is sized again whenever a pass reads it changed or complete, and
+at each refresh, until it is complete), in slices
 of at most a few milliseconds per loop iteration, so a directory of 10,000 steps costs one walk of
 its tree after adoption and then only its new steps. A step the loop renames into the trash
 leaves the total at once. The daemon only runs this when metrics are served.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from janitor.fs.sizes import tree_size
 from janitor.index import DirectoryIndex
+from janitor.model import Entry
 
 # A directory's total, published by its managed path.
 Publish = Callable[[str, int], None]
@@ -25,7 +27,14 @@ Publish = Callable[[str, int], None]
 class _Sized:
     ino: int
     complete: bool
+    changed_ns: int
     bytes: int
+
+    def stale(self, entry: Entry) -> bool:
+        """Whether the index's reading of the step says this size is out of date: another
+        inode, or a step that was incomplete when sized and has since completed or changed."""
+        return self.ino != entry.ino or not self.complete and (
+            entry.complete or entry.changed_ns != self.changed_ns)
 
 
 class Footprint:
@@ -58,8 +67,10 @@ class Footprint:
         return path in self._sizes
 
     def touch(self, path: str, names: Iterable[str], index: DirectoryIndex) -> None:
-        """A pass read these names again: size the new or replaced steps among them, drop the
-        gone. O(names), so a reaction costs the same whatever the directory keeps."""
+        """A pass read these names again: size the new, replaced, completed or still-growing
+        steps among them, drop the gone. O(names), so a reaction costs the same whatever the
+        directory keeps. The names are every name the pass read, not only its event's: a step
+        completes with no event in its parent, and the pass reads it as the newest step."""
         sizes = self._sizes.get(path)
         if sizes is None:
             return
@@ -70,7 +81,7 @@ class Footprint:
             if entry is None:
                 gone = gone or known is not None
                 self._drop(path, name)
-            elif known is None or known.ino != entry.ino or not known.complete:
+            elif known is None or known.stale(entry):
                 self._queue.append((path, name))
         if gone:
             self._publish(path, self.total(path))
@@ -133,7 +144,7 @@ class Footprint:
                 size = tree_size(fd, name)
             except OSError:
                 size = 0
-            self._put(path, name, _Sized(entry.ino, entry.complete, size))
+            self._put(path, name, _Sized(entry.ino, entry.complete, entry.changed_ns, size))
             changed.add(path)
         for path in changed:
             self._publish(path, self.total(path))

@@ -441,7 +441,8 @@ class Daemon:
 
     def _measure(self, path: str, held: Held, want: Want, result: PassResult) -> None:
         """What a pass changed, for the per-directory bytes: a full or relisting pass (or a
-        directory new to it) is compared whole, an event's pass only by the names it read."""
+        directory new to it) is compared whole, an event's pass only by the names it read
+        (the event's and those the decision rested on, such as a newest step just completed)."""
         footprint = self.footprint
         if footprint is None:
             return
@@ -449,7 +450,7 @@ class Daemon:
         if want.full or want.relist or not footprint.known(path):
             footprint.refresh(path, index)
         else:
-            footprint.touch(path, want.names, index)
+            footprint.touch(path, held.tracked.last_read, index)
         if result.trashed:
             footprint.removed(path, [t.entry.name for t in result.trashed])
 

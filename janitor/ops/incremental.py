@@ -49,6 +49,9 @@ class TrackedDirectory:
         # --pressure relieve: given the decisions and their context, the soft-kept steps to
         # delete (the daemon sets it from its footprint and budget); None: no relieving.
         self.relieve: Callable[[list[Decision], Context], frozenset[int]] | None = None
+        # The names the last pass read fresh (its event's, what the decision rested on, the
+        # candidates): what the daemon's per-step sizes compare against the index afterwards.
+        self.last_read: frozenset[str] = frozenset()
         # The best pointer read from the newest complete step, by (name, inode, change time).
         self._best: tuple[tuple[str, int, int], Pointer | None] | None = None
 
@@ -130,6 +133,7 @@ class TrackedDirectory:
     def _decide_and_execute(self, scanned_ns: int, fresh: set[str], foreign: list[Foreign],
                             stop: Callable[[], bool] | None) -> PassResult:
         snapshot, decided = self._look(scanned_ns, fresh)
+        self.last_read = frozenset(fresh)
         snapshot = Snapshot(snapshot.path, snapshot.dev, snapshot.scanned_ns, snapshot.entries,
                             tuple(sorted(foreign, key=lambda f: f.name)), snapshot.consumers,
                             snapshot.trash_present, snapshot.pointers)
