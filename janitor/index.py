@@ -129,6 +129,11 @@ class DirectoryIndex:
         self._complete = _Sorted()
         self._ready = _Sorted()  # steps holding a `.receiver_ready`
         self._staging: set[str] = set()
+        # Dependency edges (janitor.dependencies): who names each step, by number. A Graph for
+        # policy.settle, kept as steps are put, so a pass asks only about its candidates.
+        self._dependents: dict[int, set[int]] = {}
+        # Steps put since the last `take_new_dependents`, naming dependencies (reported once).
+        self._new_dependents: set[int] = set()
         # Names put from a quick listing (`fs.scan.scan_items`): a step's device, inode and
         # change time there are the listing's guesses until the name is read in full.
         self.unverified: set[str] = set()
@@ -216,6 +221,21 @@ class DirectoryIndex:
             self._complete.add(number)
         if entry.receiver_ready_ns is not None:
             self._ready.add(number)
+        self._link(number, entry.depends)
+
+    def _link(self, number: int, depends: tuple[int, ...]) -> None:
+        for dependency in depends:
+            self._dependents.setdefault(dependency, set()).add(number)
+        if depends:
+            self._new_dependents.add(number)
+
+    def _unlink(self, number: int, depends: tuple[int, ...]) -> None:
+        for dependency in depends:
+            named = self._dependents.get(dependency)
+            if named is not None:
+                named.discard(number)
+                if not named:
+                    del self._dependents[dependency]
 
     def _update_step(self, old: Entry, new: Entry) -> None:
         """A step read again under the same name and number: O(1) unless a flag flipped."""
@@ -228,6 +248,9 @@ class DirectoryIndex:
             (self._complete.add if new.complete else self._complete.discard)(number)
         if (old.receiver_ready_ns is None) != (new.receiver_ready_ns is None):
             (self._ready.discard if new.receiver_ready_ns is None else self._ready.add)(number)
+        if old.depends != new.depends:
+            self._unlink(number, old.depends)
+            self._link(number, new.depends)
 
     def _remove(self, name: str) -> None:
         if name in self.unverified:
@@ -239,6 +262,7 @@ class DirectoryIndex:
             else:
                 number = entry.number
                 del self._by_number[number]
+                self._unlink(number, entry.depends)
                 self._steps_changed += 1
                 for ordered in (self._steps, self._open, self._complete, self._ready):
                     ordered.discard(number)
@@ -366,6 +390,29 @@ class DirectoryIndex:
             if number is not None:
                 names.append(self._by_number[number])
         return list(dict.fromkeys(names))
+
+    # ---- dependencies (a janitor.dependencies.Graph) --------------------------------------
+
+    @property
+    def has_edges(self) -> bool:
+        return bool(self._dependents)
+
+    def depends(self, step: int) -> tuple[int, ...]:
+        name = self._by_number.get(step)
+        return () if name is None else self.entries[name].depends
+
+    def dependents(self, step: int) -> Iterable[int]:
+        return self._dependents.get(step, ())
+
+    def present(self, step: int) -> bool:
+        return step in self._by_number
+
+    def take_new_dependents(self) -> list[int]:
+        """The steps put since the last call that name a dependency (what a report of missing
+        dependencies and cycles looks at: only what changed)."""
+        taken = sorted(n for n in self._new_dependents if n in self._by_number)
+        self._new_dependents.clear()
+        return taken
 
     def steps_above(self, number: int | None) -> list[int]:
         """The step numbers above `number` (all of them for None), in order."""

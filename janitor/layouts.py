@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from janitor import protocol
+from janitor.dependencies import DEPENDS_ON, SPARSE_BASE, DependencySource
 from janitor.protocol import Invalid
 
 TrackerValue = Literal["number", "name"]
@@ -48,6 +49,9 @@ class Layout:
     best: tuple[str, str] | None = None
     temporary: tuple[str, ...] = ()  # regular expressions, matched against whole names
     progress: Literal["loaded-step", "receiver-ready"] = "loaded-step"
+    # Files inside a step naming the steps it depends on (kept while it is): DEPENDS_ON in
+    # every layout, and a sparse patch's manifest in prime-rl's broadcasts.
+    depends: tuple[DependencySource, ...] = (DEPENDS_ON,)
     source: str = ""  # where this format is defined (a project's file or document)
     _temporary: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
@@ -142,7 +146,7 @@ STEP = Layout("step", protocol.STEP_PREFIX, source="docs/protocol.md (this proje
 BUILT_IN: dict[str, Layout] = {layout.name: layout for layout in (
     STEP,
     Layout("prime-rl-broadcasts", protocol.STEP_PREFIX, complete=(protocol.FINISHED_MARKER,),
-           progress="receiver-ready",
+           progress="receiver-ready", depends=(DEPENDS_ON, SPARSE_BASE),
            source="prime-rl, src/prime_rl/transports/weights/base.py (PR #3357: "
                   "WeightSender.broadcast touches .sender_ready, waits for the receiver's "
                   ".receiver_ready, touches .started, writes, touches .finished, then removes "

@@ -41,6 +41,10 @@ class Entry:
     dev: int
     ino: int
     receiver_ready_ns: int | None = None
+    # The steps it names in its dependency files (janitor.dependencies: DEPENDS_ON, a sparse
+    # patch's base step), and why they could not be read, if so (then the step is kept).
+    depends: tuple[int, ...] = ()
+    depends_problem: str | None = None
 
     @property
     def staging(self) -> bool:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from janitor import dependencies
+from janitor.dependencies import EdgeMap, Graph
 from janitor.layouts import Layout
 from janitor.model import Consumer, Entry, Pointer, ScanOptions, Snapshot
 from janitor.protocol import printable
@@ -29,6 +31,8 @@ class Reason(StrEnum):
     INTERVAL_MULTIPLE = "interval-multiple"
     NEWEST_COMPLETE = "newest-complete"
     IN_PROGRESS = "in-progress"
+    DEPENDENCY_PROBLEM = "dependency-problem"  # its dependency file cannot be read (kept)
+    DEPENDED_ON = "depended-on"  # a kept step needs it (janitor.dependencies), transitively
     KEEP_LAST = "keep-last"
     KEEP_WITHIN = "keep-within"  # the soft rules (janitor.retention)
     KEEP_HOURLY = "keep-hourly"
@@ -48,6 +52,10 @@ DELETE_REASONS = frozenset({Reason.SUPERSEDED, Reason.ABANDONED_PARTIAL, Reason.
 # The rules pressure may override (--pressure relieve); every other keep reason is hard.
 SOFT_REASONS = frozenset({Reason.KEEP_LAST, Reason.KEEP_WITHIN, Reason.KEEP_HOURLY,
                           Reason.KEEP_DAILY, Reason.KEEP_INTERVAL})
+# The decisions `depended-on` comes before: a step so decided that a kept step needs is kept
+# as depended-on instead (every other rule decides before it, and keeps anyway).
+YIELDS_TO_DEPENDENCY = DELETE_REASONS | SOFT_REASONS | {Reason.AT_OR_ABOVE_LOADED,
+                                                        Reason.CHANGED_AFTER_MARKER}
 
 # One year: the longest grace any option accepts (janitor.cli.options); a policy read back from a
 # lock file is held to the same bound, so no recorded value can overflow the plan's arithmetic.
@@ -260,6 +268,8 @@ class Context:
     soft: SoftKeeps = NO_SOFT_KEEPS
     # Under --pressure relieve: the soft-kept steps chosen to go (oldest first, see relieve).
     relieve: frozenset[int] = frozenset()
+    # The steps a kept step depends on, directly or through others (`settle` finds them).
+    held: frozenset[int] = frozenset()
 
     def complete(self, entry: Entry) -> bool:
         """Whether a step counts as complete: a completion file, or at or below a tracker."""
@@ -371,11 +381,45 @@ def snapshot_context(snapshot: Snapshot, policy: Policy) -> tuple[Context, list[
 def plan(snapshot: Snapshot, policy: Policy, relieved: frozenset[int] = frozenset()) -> Plan:
     """Decide keep or delete, with the rule that decided, for every entry of the snapshot
     (`relieved`: the soft-kept steps --pressure relieve chose to delete, see `relieve`)."""
-    context, _ = snapshot_context(snapshot, policy)
+    return planned(snapshot, policy, relieved)[0]
+
+
+def planned(snapshot: Snapshot, policy: Policy,
+            relieved: frozenset[int] = frozenset()) -> tuple[Plan, Context, list[int]]:
+    """`plan`, with the Context it decided in and the complete step numbers, newest first
+    (what `rules_for` explains a decision with)."""
+    context, complete = snapshot_context(snapshot, policy)
     if relieved:
         context = replace(context, relieve=relieved)
-    decisions = tuple(decide(e, policy, context) for e in snapshot.entries)
-    return Plan(decisions, context.progress, context.newest_complete)
+    decisions, context = settle(snapshot.entries, policy, context, graph_of(snapshot.entries))
+    return Plan(tuple(decisions), context.progress, context.newest_complete), context, complete
+
+
+def graph_of(entries: Sequence[Entry]) -> EdgeMap:
+    """The dependency edges of a whole snapshot's steps."""
+    return EdgeMap((e.number, e.depends) for e in entries if e.number is not None)
+
+
+def settle(entries: Sequence[Entry], policy: Policy, context: Context,
+           graph: Graph) -> tuple[list[Decision], Context]:
+    """Decide `entries`, then keep as `depended-on` what a kept step needs (transitively): the
+    Context's `held`. `entries` are every step a pass may delete (the rest are kept by rules that
+    come first); `graph` holds the edges of every step present, kept or not. With no edge at
+    all, one decision per entry, as before dependencies existed."""
+    context = replace(context, held=frozenset())
+    decisions = [decide(e, policy, context) for e in entries]
+    if not graph.has_edges or context.progress.problem is not None:
+        return decisions, context
+    doomed = {d.entry.number for d in decisions if d.delete}
+    starts = [d.entry.number for d in decisions
+              if d.entry.number is not None and d.reason in YIELDS_TO_DEPENDENCY]
+    held = dependencies.held(starts, lambda step: step not in doomed, graph.dependents,
+                             graph.depends, graph.present)
+    if not held:
+        return decisions, context
+    context = replace(context, held=frozenset(held))
+    return [decide(d.entry, policy, context) if d.entry.number in held else d
+            for d in decisions], context
 
 
 def decide(entry: Entry, policy: Policy, context: Context) -> Decision:
@@ -438,14 +482,26 @@ def _keep_reason(entry: Entry, policy: Policy, context: Context) -> Reason | Non
         return Reason.INTERVAL_MULTIPLE
     if number == newest_complete:
         return Reason.NEWEST_COMPLETE
-    if not context.complete(entry) and (newest_complete is None or number > newest_complete
-                                        or entry.changed_ns > recent_ns):
+    complete = context.complete(entry)
+    if not complete and (newest_complete is None or number > newest_complete
+                         or entry.changed_ns > recent_ns):
         return Reason.IN_PROGRESS
+    if complete and entry.depends_problem is not None:
+        return Reason.DEPENDENCY_PROBLEM
+    if number in context.held:
+        return Reason.DEPENDED_ON
+    return _soft_or_gate_reason(entry, number, policy, context)
+
+
+def _soft_or_gate_reason(entry: Entry, number: int, policy: Policy,
+                         context: Context) -> Reason | None:
+    """The soft rules, then the consumer gate: the last rules before a deletion."""
     if number in context.kept_last:
         return Reason.KEEP_LAST
     soft = context.soft.kept.get(number)
     if soft:
         return Reason(soft[0])
+    progress = context.progress
     if policy.gated:
         if progress.loaded_step is None or number >= progress.loaded_step:
             return Reason.AT_OR_ABOVE_LOADED
@@ -476,11 +532,12 @@ class Rule:
 
 def rules_for(entry: Entry, policy: Policy, context: Context, *,
               complete_desc: Sequence[int] | None = None, consumers: Sequence[Consumer] = (),
-              complete_markers: Sequence[str] = ()) -> list[Rule]:
+              complete_markers: Sequence[str] = (), needed_by: Sequence[int] = ()) -> list[Rule]:
     """Every rule of `decide` for `entry`, each judged whatever the others say, with the values
     that decided it. The optional facts only make the details richer: `complete_desc` (the
     complete step numbers, newest first) gives a step's rank, `consumers` the markers the loaded
-    step came from, `complete_markers` the names a complete step holds."""
+    step came from, `complete_markers` the names a complete step holds, `needed_by` the kept
+    steps that depend on it directly."""
     number, progress = entry.number, context.progress
     grace_ns = int(policy.partial_grace_s * 1e9)
     age_s = (context.recent_ns + grace_ns - entry.changed_ns) / 1e9
@@ -498,8 +555,9 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
                   "the pointers name " + ", ".join(map(str, sorted(context.pointed))),
                   Reason.POINTED_TO)]
     if number is None:
-        step_rules = ("interval-multiple", "newest-complete", "keep-last", *ORDER,
-                      "at-or-above-loaded", "changed-after-marker")
+        step_rules = ("interval-multiple", "newest-complete", "dependency-problem",
+                      "depended-on", "keep-last", *ORDER, "at-or-above-loaded",
+                      "changed-after-marker")
         rules.insert(3, Rule("in-progress", recent, f"staging directory {changed}",
                              Reason.IN_PROGRESS))
         rules.extend(Rule(name, False, "a staging directory: no step number", Reason(name))
@@ -522,6 +580,7 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
     if complete and not entry.complete:
         markers = f"{markers}, or at or below the tracker's step {context.complete_through}"
     rules.append(_in_progress(entry, complete, number, newest, recent, markers, changed))
+    rules.extend(_dependency_rules(entry, complete, number, context, needed_by))
     rules.append(Rule("keep-last", number in context.kept_last,
                       _rank(complete, number, policy, complete_desc), Reason.KEEP_LAST))
     rules.extend(_soft_rules(number, policy, context))
@@ -531,6 +590,23 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
                  Rule("abandoned-partial", True, "deleted when no rule above applies "
                       "(incomplete)", Reason.ABANDONED_PARTIAL))
     return rules
+
+
+def _dependency_rules(entry: Entry, complete: bool, number: int, context: Context,
+                      needed_by: Sequence[int]) -> list[Rule]:
+    """Its own dependency files (unreadable: kept), and whether a kept step needs it."""
+    names = ", ".join(f"step {n}" for n in entry.depends)
+    if entry.depends_problem is not None:
+        own = f"{entry.depends_problem}" + ("" if complete else " (incomplete: not judged)")
+    else:
+        own = f"depends on {names}" if names else "names no dependency"
+    held = number in context.held
+    return [Rule("dependency-problem", complete and entry.depends_problem is not None, own,
+                 Reason.DEPENDENCY_PROBLEM),
+            Rule("depended-on", held, ("kept steps depend on it" if not needed_by else
+                                       "needed by " + ", ".join(f"step {n}" for n in needed_by))
+                 + " (directly or through others)" if held else "no kept step depends on it",
+                 Reason.DEPENDED_ON)]
 
 
 def _soft_rules(number: int, policy: Policy, context: Context) -> list[Rule]:

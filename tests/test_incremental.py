@@ -30,10 +30,13 @@ from trainer_hooks import mark_loaded
 NUMBERS = st.integers(0, 30)
 
 
-def _write_step(directory: Path, number: int, *, complete: bool) -> None:
+def _write_step(directory: Path, number: int, *, complete: bool,
+                depends: bytes | None = None) -> None:
     step = directory / f"step_{number}"
     step.mkdir()
     (step / "weights.bin").write_bytes(b"w")
+    if depends is not None:  # written with the step, before its completion marker
+        (step / "DEPENDS_ON").write_bytes(depends)
     if complete:
         (step / "STABLE").touch()
 
@@ -63,11 +66,22 @@ class IncrementalMatchesFull(RuleBasedStateMachine):
     def _steps(self) -> list[int]:
         return sorted(int(p.name[5:]) for p in self.dir.glob("step_*"))
 
-    @rule(number=NUMBERS, complete=st.booleans())
-    def write_step(self, number: int, complete: bool) -> None:
-        if not (self.dir / f"step_{number}").exists():
-            _write_step(self.dir, number, complete=complete)
-            self.pending.add(f"step_{number}")
+    @rule(number=NUMBERS, complete=st.booleans(), data=st.data())
+    def write_step(self, number: int, complete: bool, data: st.DataObject) -> None:
+        if (self.dir / f"step_{number}").exists():
+            return
+        # Its dependencies: mostly steps already here (a chain of patches), sometimes any
+        # number, a malformed file, or none.
+        here = self._steps()
+        depends = data.draw(st.one_of(
+            st.none(),
+            st.lists(st.sampled_from(here) if here else NUMBERS, min_size=1, max_size=3)
+            .map(lambda ns: "".join(f"{n}\n" for n in ns).encode()),
+            st.lists(NUMBERS, max_size=2).map(lambda ns: "".join(f"{n}\n" for n in ns)
+                                              .encode()),
+            st.sampled_from([b"x\n", b"01\n", b"\xff"])))
+        _write_step(self.dir, number, complete=complete, depends=depends)
+        self.pending.add(f"step_{number}")
 
     @precondition(lambda self: bool(self._steps()))
     @rule(data=st.data())
@@ -128,6 +142,10 @@ class IncrementalMatchesFull(RuleBasedStateMachine):
         assert result.plan.progress == full.progress
         assert result.plan.newest_complete == full.newest_complete
         assert _doomed(result.plan.decisions) == _doomed(full.decisions)
+        held = {d.entry.name for d in full.decisions if d.reason.value == "depended-on"}
+        looked = {d.entry.name for d in result.plan.decisions}
+        assert held & looked == {d.entry.name for d in result.plan.decisions
+                                 if d.reason.value == "depended-on"}
 
 
 IncrementalMatchesFull.TestCase.settings = settings(max_examples=60, stateful_step_count=25,

@@ -36,7 +36,7 @@ from janitor.fs import pins
 from janitor.model import Consumer, Entry, ScanOptions
 from janitor.ops.incremental import TrackedDirectory
 from janitor.ops.managed import ManagedDirectory
-from janitor.policy import Policy, Reason, context_of, decide, plan, read_progress, rules_for
+from janitor.policy import Policy, Reason, decide, planned, rules_for
 
 PIN = protocol.PIN_FILE
 
@@ -314,7 +314,7 @@ def test_explain_lists_every_rule_that_applies_with_its_values(tmp_path: Path) -
     assert lines[0] == f"{tree}/step_10: keep (interval-multiple)"
     assert lines[-1] == "decision: keep, reason interval-multiple"
     rule_lines = [x for x in lines if x.startswith(("  applies", "  -"))]
-    assert len(rule_lines) == 14  # every rule of decide: pointed-to and the soft rules too
+    assert len(rule_lines) == 16  # every rule of decide: pointed-to, dependencies, soft rules too
     assert [x.split()[1] for x in rule_lines if x.startswith("  applies")] == _applying(ten)
     assert sum("<- decides" in x for x in rule_lines) == 1
     assert "<- decides" in next(x for x in rule_lines if "interval-multiple" in x)
@@ -386,10 +386,7 @@ def test_the_first_applying_rule_is_decides_reason(steps: list[Entry], consumers
                                                    policy: Policy, stage: list[int]) -> None:
     entries = steps + [staging(f"{i}.x", SCANNED_NS + ago * S) for i, ago in enumerate(stage)]
     snap = snapshot(entries, consumers)
-    decided = plan(snap, policy)
-    complete = sorted((e.number for e in snap.steps if e.complete and e.number is not None),
-                      reverse=True)
-    context = context_of(read_progress(snap, policy), complete, snap.scanned_ns, policy)
+    decided, context, complete = planned(snap, policy)
     for decision in decided.decisions:
         rules = rules_for(decision.entry, policy, context, complete_desc=complete,
                           consumers=snap.consumers, complete_markers=("STABLE",))
@@ -398,7 +395,7 @@ def test_the_first_applying_rule_is_decides_reason(steps: list[Entry], consumers
         assert first.verdict == decision.reason, (decision, rules)
         assert first.delete == decision.delete
         assert rules[-1].applies and rules[-1].delete  # the deletion rule closes every list
-        assert len({r.name for r in rules}) == len(rules) == 14
+        assert len({r.name for r in rules}) == len(rules) == 16
         assert all(r.detail and "\n" not in r.detail for r in rules)
 
 

@@ -21,9 +21,10 @@ SCANNED_NS = 100_000 * S
 
 
 def step(number: int, *, complete: bool = True, pinned: bool = False,
-         changed_ns: int = SCANNED_NS - 5000 * S, ready_ns: int | None = None) -> Entry:
+         changed_ns: int = SCANNED_NS - 5000 * S, ready_ns: int | None = None,
+         depends: tuple[int, ...] = (), depends_problem: str | None = None) -> Entry:
     return Entry(protocol.step_name(number), number, complete, pinned, changed_ns, 1, 1000 + number,
-                 ready_ns)
+                 ready_ns, depends, depends_problem)
 
 
 def staging(name: str, changed_ns: int) -> Entry:
@@ -52,11 +53,21 @@ marker_times = st.one_of(st.integers(SCANNED_NS - 900 * S, SCANNED_NS), times)
 @st.composite
 def steps_strategy(draw: st.DrawFn) -> list[Entry]:
     numbers = draw(st.sets(st.integers(min_value=0, max_value=60), max_size=25))
-    return [
-        step(n, complete=draw(st.booleans()), pinned=draw(st.integers(0, 9)) == 0,
-             changed_ns=draw(step_times))
-        for n in sorted(numbers)
-    ]
+    # Dependencies in one tree in three: mostly on older steps (a chain of patches), sometimes
+    # on any number (missing ones, newer ones, itself, cycles), sometimes an unreadable file.
+    chained = draw(st.integers(0, 2)) == 0
+    out = []
+    for n in sorted(numbers):
+        depends: tuple[int, ...] = ()
+        problem = None
+        if chained and draw(st.integers(0, 3)) > 0:
+            depends = tuple(draw(st.lists(st.one_of(st.integers(max(0, n - 6), max(0, n - 1)),
+                                                    st.integers(0, 62)), max_size=3)))
+            if draw(st.integers(0, 11)) == 0:
+                depends, problem = (), "DEPENDS_ON: line 1: 'x': not canonical ASCII decimal"
+        out.append(step(n, complete=draw(st.booleans()), pinned=draw(st.integers(0, 9)) == 0,
+                        changed_ns=draw(step_times), depends=depends, depends_problem=problem))
+    return out
 
 
 @st.composite
@@ -124,6 +135,18 @@ def check_invariants(case: Case, result: Plan) -> str:
 
     # Pinned entries are never deleted; the keep_last newest complete steps are kept.
     assert not any(e.pinned for e in deleted)
+    # Nothing a kept step needs, directly or through other needed steps, is deleted; a complete
+    # step whose dependency file could not be read is kept.
+    present = {e.number: e for e in snap.steps}
+    needed: set[int] = set()
+    work = [d.entry for d in result.decisions if not d.delete and d.entry.number is not None]
+    while work:
+        for number in work.pop().depends:
+            if number in present and number not in needed:
+                needed.add(number)
+                work.append(present[number])
+    assert not any(e.number in needed for e in deleted_steps), needed
+    assert not any(e.complete and e.depends_problem for e in deleted_steps)
     kept_last = set(complete[: policy.keep_last])
     assert not any(e.number in kept_last for e in deleted_steps)
 

@@ -22,11 +22,14 @@ from janitor.daemon.pressure import PressureWatch
 from janitor.fs import mounts
 from janitor.ops.incremental import RescanResult
 from janitor.ops.managed import PassResult
-from janitor.policy import Plan
+from janitor.policy import Plan, Reason
 
 log = structlog.get_logger("janitor")
 
 WOULD_DELETE_EVENTS = 200
+# Dependency warnings logged per pass at most (an adopted tree of broken chains says the rest
+# in one count).
+DEPENDENCY_EVENTS = 20
 
 
 class PassRecorder:
@@ -57,6 +60,7 @@ class PassRecorder:
         for foreign in result.snapshot.foreign:
             say_once(held, f"foreign:{foreign.name}", "foreign_entry", directory=path,
                      entry=protocol.printable(foreign.name), why=foreign.reason)
+        self._dependencies(path, held, plan)
         for skipped in result.skipped:
             log.info("deletion_postponed", directory=path, step=skipped.entry.number,
                      entry=protocol.printable(skipped.entry.name), why=skipped.why)
@@ -70,6 +74,22 @@ class PassRecorder:
                   looked_at=len(plan.decisions),
                   reasons=dict(Counter(d.reason.value for d in plan.decisions)),
                   loaded_step=loaded, newest_complete=newest)
+
+    def _dependencies(self, path: str, held: Held, plan: Plan) -> None:
+        """Each step kept because its dependency file cannot be read, each dependency that is
+        not here and each cycle: a warning once (the steps stay; a person should look)."""
+        said = [(f"depends:{d.entry.name}", "dependency_problem", d.entry.number,
+                 f"{protocol.printable(d.entry.name)}: {d.entry.depends_problem}; kept")
+                for d in plan.decisions if d.reason is Reason.DEPENDENCY_PROBLEM]
+        said.extend((f"{n.event}:{n.step}:{n.text}", n.event, n.step, n.text)
+                    for n in held.tracked.notes)
+        fresh = [s for s in said if s[0] not in held.said]
+        for key, event, step, why in fresh[:DEPENDENCY_EVENTS]:
+            say_once(held, key, event, directory=path, step=step, why=why)
+        if len(fresh) > DEPENDENCY_EVENTS:
+            log.warning("dependency_more", directory=path, steps=len(fresh) - DEPENDENCY_EVENTS,
+                        why="more steps with dependency problems; janitor sweep --dry-run "
+                            "lists them")
 
     def fault(self, path: str, held: Held, why: str, event: str) -> None:
         """A directory where nothing can be deleted: logged each time the fault begins (again

@@ -5,6 +5,9 @@ DeepSpeed's `latest`: the latest complete step, the one a restart resumes from) 
 checkpoint recorded in the newest complete step (Hugging Face's `best_model_checkpoint`). Each
 is opened without following a symlink and checked to be a regular file; what cannot be read or
 parsed is a Pointer with a problem, which halts the directory (nothing is deleted when unsure).
+
+A step's dependency files (`DEPENDS_ON`, a sparse patch's manifest: janitor.dependencies) are
+read the same way, but what cannot be read keeps only the step that holds it (`read_depends`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import json
 import os
 import stat
 
+from janitor.dependencies import DependencySource
 from janitor.fs import reserved
 from janitor.model import Pointer, ScanOptions
-from janitor.protocol import Invalid
+from janitor.protocol import Invalid, printable
 
 
 def open_problem(exc: OSError, filename: str) -> str:
@@ -76,7 +80,7 @@ def read_best(dir_fd: int, step: str, options: ScanOptions) -> Pointer | None:
         return None
     filename, key = best
     shown = f"{step}/{filename}"
-    data = _read_state(dir_fd, step, filename)
+    data = read_in_step(dir_fd, step, filename, MAX_STATE_BYTES)
     if data is None or isinstance(data, str):
         return None if data is None else Pointer(shown, None, data)
     try:
@@ -92,9 +96,48 @@ def read_best(dir_fd: int, step: str, options: ScanOptions) -> Pointer | None:
     return Pointer(shown, number, None)
 
 
-def _read_state(dir_fd: int, step: str, filename: str) -> bytes | str | None:
-    """The bytes of `step/filename` (a regular file, never through a symlink), None when it is
-    not there, or why it cannot be read."""
+def read_depends(dir_fd: int, step: str,
+                 sources: tuple[DependencySource, ...]) -> tuple[tuple[int, ...], str | None]:
+    """The steps `step` depends on by its dependency files, and why they could not be read (a
+    file unreadable, malformed, or missing beside its companion: a sparse patch without its
+    manifest). One lookup per source when there is none, the common case."""
+    found: list[int] = []
+    for source in sources:
+        try:
+            there = os.stat(f"{step}/{source.filename}", dir_fd=dir_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            there = None
+        except OSError as exc:
+            return (), f"{printable(source.filename)}: unreadable ({exc.strerror})"
+        if there is None:
+            if source.companion is not None and _exists(dir_fd, step, source.companion):
+                return (), f"{printable(source.companion)} without {printable(source.filename)}"
+            continue
+        data = read_in_step(dir_fd, step, source.filename, source.limit)
+        if data is None:
+            continue  # gone since the lookup: read again with the step
+        if isinstance(data, str):
+            return (), f"{printable(source.filename)}: {data}"
+        steps = source.parse(data)
+        if isinstance(steps, Invalid):
+            return (), f"{printable(source.filename)}: {steps.reason}"
+        found.extend(steps)
+    return tuple(dict.fromkeys(found)), None
+
+
+def _exists(dir_fd: int, step: str, name: str) -> bool:
+    try:
+        os.stat(f"{step}/{name}", dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # there, or unsure: a dependency file may be missing
+    return True
+
+
+def read_in_step(dir_fd: int, step: str, filename: str, limit: int) -> bytes | str | None:
+    """The bytes of `step/filename` (a regular file of at most `limit` bytes, never through a
+    symlink, never blocking on a FIFO), None when it is not there, or why it cannot be read."""
     try:
         step_fd = os.open(step, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                           dir_fd=dir_fd)
@@ -113,9 +156,10 @@ def _read_state(dir_fd: int, step: str, filename: str) -> bytes | str | None:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return "not a regular file"
-            if st.st_size > MAX_STATE_BYTES:
-                return f"{st.st_size} bytes, more than {MAX_STATE_BYTES}"
-            return _read_all(fd, MAX_STATE_BYTES + 1)
+            if st.st_size > limit:
+                return f"{st.st_size} bytes, more than {limit}"
+            data = _read_all(fd, limit + 1)
+            return data if len(data) <= limit else f"more than {limit} bytes"
         except OSError as exc:
             return f"unreadable ({exc.strerror})"
         finally:

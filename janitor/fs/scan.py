@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from janitor import protocol
 from janitor.fs import reserved
-from janitor.fs.pointers import open_problem, read_best, read_tracker
+from janitor.fs.pointers import open_problem, read_best, read_depends, read_tracker
 from janitor.fs.sizes import newest_in_tree
 from janitor.layouts import Layout
 from janitor.model import TRASH as TRASH_ITEM
@@ -135,8 +135,11 @@ def _quick_step(dir_fd: int, dev: int, name: str, ino: int, markers: tuple[str, 
         except OSError:
             return None
         if mst is not None and stat.S_ISREG(mst.st_mode):
+            # Its dependencies are read now, not guessed: the kept steps that name others are
+            # the ones no pass reads again.
+            depends, problem = read_depends(dir_fd, name, layout.depends)
             return Entry(name, number, True, False, max(mst.st_mtime_ns, mst.st_ctime_ns), dev,
-                         ino)
+                         ino, depends=depends, depends_problem=problem)
     return None
 
 
@@ -167,7 +170,8 @@ def _classify_step(dir_fd: int, dev: int, name: str, number: int,
 
 def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
                options: ScanOptions) -> Entry:
-    """A shallow look: the directory, its completion marker and sentinel by name.
+    """A shallow look: the directory, its completion marker, sentinel and dependency files by
+    name.
 
     The pin file and the children's times (a shard rewritten in place) matter only for a step
     the plan would delete, so `deepen` reads them for those alone: a pass over 100,000 steps
@@ -185,7 +189,9 @@ def _read_step(dir_fd: int, name: str, number: int, st: os.stat_result,
         rst = _lstat_inside(dir_fd, name, protocol.RECEIVER_READY_MARKER)
         if rst is not None and stat.S_ISREG(rst.st_mode):
             ready_ns = rst.st_mtime_ns
-    entry = Entry(name, number, complete, False, changed, st.st_dev, st.st_ino, ready_ns)
+    depends, problem = read_depends(dir_fd, name, options.layout.depends)
+    entry = Entry(name, number, complete, False, changed, st.st_dev, st.st_ino, ready_ns,
+                  depends, problem)
     if not complete:  # incomplete steps are few, and their children show a write in progress
         entry = _deep(dir_fd, entry, options)
     return entry
@@ -227,8 +233,8 @@ def _deep_staging(dir_fd: int, entry: Entry, scanned_ns: int) -> Entry:
 def _deep(dir_fd: int, entry: Entry, options: ScanOptions) -> Entry:
     wanted = {*options.complete_markers, options.pin_file}
     newest, found = _list_step(dir_fd, entry.name, wanted)
-    return Entry(entry.name, entry.number, entry.complete, options.pin_file in found,
-                 max(entry.changed_ns, newest), entry.dev, entry.ino, entry.receiver_ready_ns)
+    return dataclasses.replace(entry, pinned=options.pin_file in found,
+                               changed_ns=max(entry.changed_ns, newest))
 
 
 def _list_step(dir_fd: int, name: str,

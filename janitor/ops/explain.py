@@ -22,7 +22,7 @@ from janitor.model import ScanOptions
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
 from janitor.ops.recorded import Choice, choose
-from janitor.policy import Decision, Policy, Rule, plan, rules_for, snapshot_context
+from janitor.policy import Decision, Policy, Rule, graph_of, planned, rules_for
 
 # The version of `janitor explain --json`'s document: raised when a field changes meaning.
 EXPLAIN_SCHEMA = 1
@@ -90,7 +90,7 @@ def _explain(name: str, number: int, directory: str, policy: Policy, options: Sc
         policy, options = managed.policy, managed.options
         snapshot, _ = look_pinned(managed)
         snapshot = deepen(managed.fd, snapshot, frozenset({name}), options)
-        decided = plan(snapshot, policy)
+        decided, context, complete = planned(snapshot, policy)
     bare = Explanation(shown, protocol.printable(directory), name, number, choice, held, holder,
                        rules=(), decision=None)
     foreign = next((f for f in snapshot.foreign if f.name == name), None)
@@ -100,10 +100,11 @@ def _explain(name: str, number: int, directory: str, policy: Policy, options: Sc
     if decision is None:
         raise PinError(exitcodes.USAGE, f"{shown} does not exist (gone while it was being "
                                         "read); check the path")
-    context, complete = snapshot_context(snapshot, policy)
+    kept = {d.entry.number for d in decided.decisions if not d.delete}
+    needed_by = sorted(n for n in graph_of(snapshot.entries).dependents(number) if n in kept)
     rules = rules_for(decision.entry, policy, context, complete_desc=complete,
                       consumers=snapshot.consumers,
-                      complete_markers=options.complete_markers)
+                      complete_markers=options.complete_markers, needed_by=needed_by)
     return dataclasses.replace(bare, rules=tuple(rules), decision=decision)
 
 

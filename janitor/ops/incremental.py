@@ -3,7 +3,7 @@
 A `TrackedDirectory` holds a ManagedDirectory (the lock, the fd, the one executor) and the
 directory's index. A pass reads again only the names an event reported, the few names the
 decision rests on (`DirectoryIndex.watch_list`) and the entries that could be doomed
-(`DirectoryIndex.candidates`), then decides those with `policy.decide` and executes through the
+(`DirectoryIndex.candidates`), then decides those with `policy.settle` and executes through the
 same `ManagedDirectory.execute` a sweep uses. The steps a pass would delete are read in depth and
 decided again (as in a full look), and each is verified through its fd right before its rename
 (`fs.reaper.move_to_trash`): the index picks what to look at, never what may be deleted unseen.
@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from janitor import protocol
+from janitor.dependencies import Note, notes
 from janitor.fs.pointers import read_best
 from janitor.fs.scan import classify, deepen, scan_items
 from janitor.index import DirectoryIndex, Mismatch
 from janitor.model import TRASH, Foreign, Item, Pointer, Snapshot
 from janitor.ops.managed import ManagedDirectory, PassResult
-from janitor.policy import Context, Decision, Plan, decide
+from janitor.policy import Context, Decision, Plan, settle
 
 # A rescan's mismatches are missed events only when the directory's own times show no entry was
 # added, removed or renamed for this long before the rescan began (an event for a change just
@@ -52,6 +53,9 @@ class TrackedDirectory:
         # The names the last pass read fresh (its event's, what the decision rested on, the
         # candidates): what the daemon's per-step sizes compare against the index afterwards.
         self.last_read: frozenset[str] = frozenset()
+        # What the last pass found wrong with the dependencies of the steps new to the index
+        # (a dependency not here, a cycle): said once by the daemon's recorder.
+        self.notes: list[Note] = []
         # The best pointer read from the newest complete step, by (name, inode, change time).
         self._best: tuple[tuple[str, int, int], Pointer | None] | None = None
 
@@ -134,6 +138,7 @@ class TrackedDirectory:
                             stop: Callable[[], bool] | None) -> PassResult:
         snapshot, decided = self._look(scanned_ns, fresh)
         self.last_read = frozenset(fresh)
+        self.notes = notes(self.index.take_new_dependents(), self.index)
         snapshot = Snapshot(snapshot.path, snapshot.dev, snapshot.scanned_ns, snapshot.entries,
                             tuple(sorted(foreign, key=lambda f: f.name)), snapshot.consumers,
                             snapshot.trash_present, snapshot.pointers)
@@ -158,21 +163,25 @@ class TrackedDirectory:
         self._refresh([e.name for e in index.candidates(context) if e.name not in fresh], fresh)
         context = self._final_context(scanned_ns)
         candidates = index.candidates(context)
-        decisions = [decide(e, self.managed.policy, context) for e in candidates]
+        policy = self.managed.policy
+        # Every step that is not a candidate is kept by a rule before the dependency rule; the
+        # index's edges say which candidates those (and kept candidates) need.
+        decisions, context = settle(candidates, policy, context, index)
         chosen = self.relieve(decisions, context) if self.relieve is not None else frozenset()
         if chosen:
-            context = replace(context, relieve=chosen)
-            decisions = [decide(e, self.managed.policy, context) for e in candidates]
+            decisions, context = settle(candidates, policy, replace(context, relieve=chosen),
+                                        index)
         doomed = frozenset(d.entry.name for d in decisions if d.delete)
         snapshot = index.snapshot(self.managed.path, self.managed.dev, scanned_ns,
                                   entries=candidates, foreign=())
         if doomed:
             # As in a full look: the doomed are read in depth (pin file, a shard rewritten in
-            # place) and decided again, which can only keep more.
+            # place) and decided again, which can only keep more (a step found pinned keeps
+            # what it depends on too).
             snapshot = deepen(self.managed.fd, snapshot, doomed, self.managed.options)
-            before = {d.entry.name: d for d in decisions}
-            decisions = [decide(e, self.managed.policy, context) if e.name in doomed
-                         else before[e.name] for e in snapshot.entries]
+            deepened = {e.name: e for e in snapshot.entries}
+            decisions, context = settle([deepened[d.entry.name] for d in decisions], policy,
+                                        context, index)
         return snapshot, Plan(tuple(decisions), context.progress, context.newest_complete)
 
     def _final_context(self, scanned_ns: int) -> Context:
