@@ -10,11 +10,14 @@ Two runs of --seconds each, the same seed:
 - the baseline: the writer saves blindly and counts ENOSPC (each a save that died half-written,
   cleaned up by staged_step);
 - with back-pressure: the writer calls trainer_hooks.wait_for_headroom before each save (need one
-  step, reserve one step) and counts how often it waited and for how long.
+  step, reserve one step) and counts how often it waited and for how long (a wait is a call that
+  found too little room at its first look: wait_for_headroom says so through its `log`).
 
 Reported: steps written, ENOSPC, waits (count, total, p50/p99/max), the free-space low point (in
 bytes and steps), and protected steps lost (a consumer that could not read the step it had
-chosen: must be 0). Free space over time is plotted with --plot.
+chosen: must be 0). Free space over time is plotted with --plot. The JSON (--out) holds the
+figures, the free-space samples and the run's facts, so `--from RESULT.json` prints the table and
+draws the plot again without running; `bench/figures.py --record pressure RESULT.json` records it.
 
     .venv/bin/python bench/pressure.py [--seconds 30] [--plot docs/img/pressure_free_space.png]
         [--out bench/results/pressure.json]
@@ -29,6 +32,7 @@ import contextlib
 import errno
 import json
 import os
+import platform
 import random
 import subprocess
 import sys
@@ -61,7 +65,9 @@ class Run:
         self.stop = threading.Event()
         self.written = self.enospc = self.lost = self.loads = 0
         self.waits: list[float] = []
-        self.samples: list[tuple[float, int, int]] = []  # (t, free bytes, loaded step)
+        self.stalls: list[float] = []
+        # (t, free bytes, loaded step, newest complete step; -1 for none yet)
+        self.samples: list[tuple[float, int, int, int]] = []
         self.loaded = -1
 
     def writer(self) -> None:
@@ -71,15 +77,15 @@ class Run:
         next_at = time.monotonic()
         while not self.stop.is_set():
             if self.back_pressure:
+                said: list[str] = []  # wait_for_headroom logs only when it has to wait
                 started = time.monotonic()
                 try:
                     wait_for_headroom(self.tree, args.step_bytes, reserve_bytes=args.step_bytes,
-                                      timeout=args.seconds, poll_s=0.02)
+                                      timeout=args.seconds, poll_s=0.02, log=said.append)
                 except HeadroomTimeout:
                     continue
-                waited = time.monotonic() - started
-                if waited > 0.025:
-                    self.waits.append(waited)
+                if said:
+                    self.waits.append(time.monotonic() - started)
             try:
                 with staged_step(self.tree, step) as staging:
                     (staging / "weights.bin").write_bytes(payload)
@@ -107,6 +113,7 @@ class Run:
                 continue
             self.loads += 1
             stall = min(args.stall_max, args.stall_scale * rng.paretovariate(args.stall_alpha))
+            self.stalls.append(stall)
             self.stop.wait(stall)
             mark_loaded(self.tree, step)
             self.loaded = step
@@ -114,8 +121,9 @@ class Run:
     def sampler(self, started: float) -> None:
         while not self.stop.is_set():
             st = os.statvfs(self.tree)
+            newest = newest_complete_step(self.tree)
             self.samples.append((time.monotonic() - started, st.f_bavail * st.f_frsize,
-                                 self.loaded))
+                                 self.loaded, -1 if newest is None else newest))
             self.stop.wait(0.05)
 
     def go(self) -> dict[str, Any]:
@@ -137,15 +145,26 @@ class Run:
                 thread.join(60)
             daemon.terminate()
             daemon.wait(30)
-        low = min(free for _, free, _ in self.samples)
-        return {"back_pressure": self.back_pressure, "written": self.written,
+        low = min(sample[1] for sample in self.samples)
+        # The lag the janitor sees: newest complete step minus LOADED_STEP, once both exist.
+        lags = [newest - loaded for _, _, loaded, newest in self.samples if loaded >= 0]
+        return {"back_pressure": self.back_pressure,
+                "name": "wait_for_headroom" if self.back_pressure else "baseline",
+                "written": self.written,
                 "enospc": self.enospc, "lost": self.lost, "loads": self.loads,
                 "waits": len(self.waits), "wait_total_s": round(sum(self.waits), 2),
                 "wait_p50_s": round(percentile(self.waits, 50), 3) if self.waits else 0.0,
                 "wait_p99_s": round(percentile(self.waits, 99), 3) if self.waits else 0.0,
                 "wait_max_s": round(max(self.waits, default=0.0), 3),
                 "free_low_bytes": low, "free_low_steps": round(low / self.args.step_bytes, 2),
-                "samples": self.samples}
+                "lag_p50_steps": round(percentile(lags, 50), 1) if lags else 0.0,
+                "lag_p99_steps": round(percentile(lags, 99), 1) if lags else 0.0,
+                "lag_max_steps": max(lags, default=0),
+                "stalls": len(self.stalls),
+                "stall_p50_s": round(percentile(self.stalls, 50), 3) if self.stalls else 0.0,
+                "stall_p99_s": round(percentile(self.stalls, 99), 3) if self.stalls else 0.0,
+                "stall_max_s": round(max(self.stalls, default=0.0), 3),
+                "samples": [(round(sample[0], 3), *sample[1:]) for sample in self.samples]}
 
 
 def args_seed(args: argparse.Namespace) -> int:
@@ -168,24 +187,49 @@ def run_once(args: argparse.Namespace, back_pressure: bool) -> dict[str, Any]:
             base.rmdir()
 
 
-def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: str) -> None:
+def plot(results: list[dict[str, Any]], args: dict[str, Any], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    step = args["step_bytes"]
+    fig, ax = plt.subplots(figsize=(10, 4.2), layout="constrained")
     for result in results:
         label = "wait_for_headroom" if result["back_pressure"] else "baseline (no wait)"
-        ax.plot([t for t, _, _ in result["samples"]],
-                [free / args.step_bytes for _, free, _ in result["samples"]], label=label)
+        ax.plot([sample[0] for sample in result["samples"]],
+                [sample[1] / step for sample in result["samples"]], label=label, linewidth=1)
+    ax.axhline(2, color="grey", linewidth=0.8, linestyle="--",
+               label="the writer waits below this (1 step needed + 1 step reserve)")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("seconds")
     ax.set_ylabel("free space (steps)")
-    ax.set_title(f"{args.rate:g} steps/s into room for {args.room} steps, consumer with "
-                 f"Pareto stalls (alpha {args.stall_alpha:g})")
-    ax.legend()
-    fig.tight_layout()
+    ax.set_ylim(bottom=-0.5)
+    ax.set_title(f"{args['rate']:g} steps/s into room for {args['room']} steps, consumer with "
+                 f"Pareto stalls (scale {args['stall_scale']:g} s, alpha "
+                 f"{args['stall_alpha']:g}, at most {args['stall_max']:g} s)")
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
     fig.savefig(path, dpi=110)
+
+
+def report(document: dict[str, Any]) -> None:
+    args, results = document["args"], document["runs"]
+    print(f"{args['rate']:g} steps/s of {args['step_bytes'] >> 20} MiB into a tmpfs of "
+          f"{args['room']} steps, {args['seconds']:g} s each, consumer stalls Pareto(alpha "
+          f"{args['stall_alpha']:g}, scale {args['stall_scale']:g} s, max "
+          f"{args['stall_max']:g} s)")
+    print(f"{'run':<20}{'written':>8}{'ENOSPC':>8}{'waits':>7}{'wait s':>8}{'p50 s':>7}"
+          f"{'p99 s':>7}{'max s':>7}{'low (steps)':>12}{'lag p50/p99/max':>17}{'lost':>6}")
+    for r in results:
+        lag = f"{r['lag_p50_steps']:g}/{r['lag_p99_steps']:g}/{r['lag_max_steps']:g}"
+        print(f"{r['name']:<20}{r['written']:>8}{r['enospc']:>8}{r['waits']:>7}"
+              f"{r['wait_total_s']:>8}{r['wait_p50_s']:>7}{r['wait_p99_s']:>7}"
+              f"{r['wait_max_s']:>7}{r['free_low_steps']:>12}{lag:>17}{r['lost']:>6}")
+        print(f"{'':<20}consumer: {r['loads']} loads, {r['stalls']} stalls, p50 "
+              f"{r['stall_p50_s']} s, p99 {r['stall_p99_s']} s, max {r['stall_max_s']} s")
+    base, back = results
+    if base["written"]:
+        print(f"ratio written (with / baseline): {back['written'] / base['written']:.2f}; "
+              f"ENOSPC {base['enospc']} -> {back['enospc']}")
 
 
 def main() -> None:
@@ -200,28 +244,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
+    parser.add_argument("--from", dest="source", default=None, metavar="RESULT_JSON",
+                        help="print and plot a recorded run (its --out) instead of running")
     args = parser.parse_args()
-    results = [run_once(args, back_pressure=False), run_once(args, back_pressure=True)]
-    print(f"{args.rate:g} steps/s of {args.step_bytes >> 20} MiB into a tmpfs of {args.room} "
-          f"steps, {args.seconds:g} s each, consumer stalls Pareto(alpha {args.stall_alpha:g}, "
-          f"scale {args.stall_scale:g} s, max {args.stall_max:g} s)")
-    print(f"{'run':<20}{'written':>8}{'ENOSPC':>8}{'waits':>7}{'wait s':>8}{'p50 s':>7}"
-          f"{'p99 s':>7}{'max s':>7}{'low (steps)':>12}{'lost':>6}")
-    for r in results:
-        name = "wait_for_headroom" if r["back_pressure"] else "baseline"
-        print(f"{name:<20}{r['written']:>8}{r['enospc']:>8}{r['waits']:>7}"
-              f"{r['wait_total_s']:>8}{r['wait_p50_s']:>7}{r['wait_p99_s']:>7}"
-              f"{r['wait_max_s']:>7}{r['free_low_steps']:>12}{r['lost']:>6}")
-    base, back = results
-    if base["written"]:
-        print(f"ratio written (with / baseline): {back['written'] / base['written']:.2f}; "
-              f"ENOSPC {base['enospc']} -> {back['enospc']}")
+    if args.source:
+        document = json.loads(Path(args.source).read_text(encoding="utf-8"))
+    else:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False, cwd=Path(__file__).resolve().parent)
+        facts = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "commit": commit.stdout.strip(),
+                 "loadavg_at_start": os.getloadavg(), "nproc": os.cpu_count(),
+                 "kernel": platform.release(), "python": platform.python_version()}
+        results = [run_once(args, back_pressure=False), run_once(args, back_pressure=True)]
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "plot", "source")}
+        document = {"args": settings, "argv": sys.argv[1:], "machine": facts, "runs": results}
+    report(document)
     if args.plot:
-        plot(results, args, args.plot)
-    if args.out:
+        plot(document["runs"], document["args"], args.plot)
+    if args.out and not args.source:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "runs": [
-            {k: v for k, v in r.items() if k != "samples"} for r in results]}, indent=2))
+        Path(args.out).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

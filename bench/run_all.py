@@ -541,14 +541,16 @@ def reclaim_details(reclaim: dict[str, Any]) -> list[str]:
 
 
 def race_details(race: dict[str, Any]) -> list[str]:
-    lines = ["## The race (bench/race.py)", "",
-              "| cleaner | steps | load failures | trainer cleanup s/step (mean) | "
-              "peak steps on disk | leaked steps |", "|---|---|---|---|---|---|"]
+    # Between the markers bench/figures.py regenerates from docs/figures.json (the same table):
+    # after a publish, record this run there (figures.py --record race) and --write.
+    lines = ["## The race (bench/race.py)", "", "<!-- figures:race-table -->",
+             "| cleaner | steps | load failures | trainer cleanup s/step (mean) | "
+             "peak steps on disk | leaked steps |", "|---|---|---|---|---|---|"]
     for r in race["results"]:
         lines.append(f"| {r['cleaner']} | {r['steps_written']} | {r['load_failures']} | "
                      f"{r['cleanup_s']['mean']:.4f} | {r['peak_steps']} | "
                      f"{len(r['leaked_steps'])} |")
-    return [*lines, ""]
+    return [*lines, "<!-- /figures -->", ""]
 
 
 NOTES = """## Profiling, and what was fixed
