@@ -400,6 +400,18 @@ def graph_of(entries: Sequence[Entry]) -> EdgeMap:
     return EdgeMap((e.number, e.depends) for e in entries if e.number is not None)
 
 
+def dependency_notes(decisions: Sequence[Decision]) -> list[str]:
+    """What a person should hear about a whole plan's dependencies, a line each: the steps kept
+    because their dependency file cannot be read, dependencies that are not here, a cycle."""
+    lines = [f"{printable(d.entry.name)}: kept ({d.reason.value}): {d.entry.depends_problem}"
+             for d in decisions if d.reason is Reason.DEPENDENCY_PROBLEM]
+    entries = [d.entry for d in decisions]
+    steps = [e.number for e in entries if e.number is not None and e.depends]
+    if steps:
+        lines.extend(n.text for n in dependencies.notes(steps, graph_of(entries), whole=True))
+    return lines
+
+
 def settle(entries: Sequence[Entry], policy: Policy, context: Context,
            graph: Graph) -> tuple[list[Decision], Context]:
     """Decide `entries`, then keep as `depended-on` what a kept step needs (transitively): the

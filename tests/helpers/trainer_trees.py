@@ -364,6 +364,29 @@ def prime_rl_transfer(root: Path, step: int, shards: int = 2, size: int = 65536)
     return directory
 
 
+# prime-rl's sparse filesystem broadcast (src/prime_rl/utils/sparse_update.py, PR #2607): a step
+# that is a patch over `base_step` holds the patch, then its manifest (json.dump with sort_keys
+# and indent=2, written last), instead of full weight files.
+SPARSE_PATCH = "sparse_update_patch.safetensors"
+SPARSE_MANIFEST = "sparse_update_manifest.json"
+
+
+def prime_rl_sparse_broadcast(root: Path, step: int, base_step: int, size: int = 4096) -> Path:
+    """One whole broadcast of a sparse patch on `base_step`, with the handshake's sentinels."""
+    directory = prime_rl_offer(root, step)
+    prime_rl_receive(root, step)
+    (directory / STARTED).touch()
+    (directory / SPARSE_PATCH).write_bytes(bytes([step % 251]) * size)
+    manifest = {"format": "prime-rl-sparse-update", "version": 1, "step": step,
+                "base_step": base_step, "compute_dtype": "bfloat16", "compressed": False,
+                "patch_file": SPARSE_PATCH, "tensors": [], "stats": {}}
+    with open(directory / SPARSE_MANIFEST, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    (directory / FINISHED).touch()
+    return directory
+
+
 def prime_rl_broadcast(root: Path, step: int) -> Path:
     """One whole broadcast with every sentinel in the protocol's order, the consumer's
     acknowledgement included (for a tree built in one go; a live sender waits for it instead:
