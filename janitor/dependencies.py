@@ -20,11 +20,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from janitor.protocol import Invalid, parse_step_number, printable
+from janitor.protocol import (
+    DEPENDS_FILE,
+    MAX_DEPENDS,
+    MAX_DEPENDS_BYTES,
+    Invalid,
+    parse_step_number,
+    printable,
+)
 
-DEPENDS_FILE = "DEPENDS_ON"
-MAX_DEPENDS_BYTES = 64 * 1024
-MAX_DEPENDS = 4096  # steps one file may name
 # prime-rl's sparse filesystem broadcast (src/prime_rl/utils/sparse_update.py): the manifest of a
 # patch, and the patch file it describes (a patch without its manifest: its base is unknown).
 SPARSE_MANIFEST = "sparse_update_manifest.json"

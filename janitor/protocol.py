@@ -26,6 +26,11 @@ TRASH_DIR = ".janitor-trash"
 LOCK_FILE = ".janitor.lock"
 # A user drops this file into a step directory to keep that step forever.
 PIN_FILE = ".janitor-pin"
+# A step that is a delta over others names them here (ASCII step numbers, one per line, written
+# before the completion marker); the janitor keeps them while the step is kept.
+DEPENDS_FILE = "DEPENDS_ON"
+MAX_DEPENDS = 4096  # steps one DEPENDS_ON may name
+MAX_DEPENDS_BYTES = MAX_DEPENDS * (MAX_STEP_DIGITS + 1)
 # trainer_hooks stages a step in a hidden directory with this prefix before renaming it into place;
 # the janitor removes stale ones (a writer killed mid-write) after a grace period.
 STAGING_PREFIX = ".janitor-staging."

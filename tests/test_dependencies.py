@@ -213,7 +213,7 @@ def test_a_dependency_file_that_cannot_be_read_keeps_only_its_step(tmp_path: Pat
              4: lambda p: p.symlink_to(outside),  # never followed: step 2 is not held by it
              5: os.mkfifo,  # a FIFO must not block the sweep
              6: lambda p: p.mkdir(),
-             7: lambda p: p.write_bytes(b"1\n" * 40_000)}  # over 64 KiB
+             7: lambda p: p.write_bytes(b"1\n" * 40_000)}  # over 4096 steps
     for number, make in kinds.items():
         make(tree / f"step_{number}" / "DEPENDS_ON")
     publish_marker(tree, 8)
@@ -316,3 +316,56 @@ def test_the_daemon_keeps_what_a_kept_step_needs_and_says_what_is_wrong(
     assert daemon.stop()[0] == 0
     assert len(daemon.named("dependency_problem")) == 1
     assert len(daemon.named("dependency_missing")) == 1
+
+
+# ---- the writer's side: trainer_hooks ----------------------------------------------------------
+
+def test_staged_step_writes_depends_on_before_its_marker_and_the_janitor_reads_it(
+        tmp_path: Path) -> None:
+    from trainer_hooks import mark_loaded, staged_step
+
+    tree = tmp_path / "broadcasts"
+    tree.mkdir()
+    for number in range(1, 7):
+        with staged_step(tree, number, depends_on=[number - 1] if number % 3 else []) as staging:
+            (staging / "weights.bin").write_bytes(os.urandom(1024))
+    assert (tree / "step_5" / "DEPENDS_ON").read_bytes() == b"4\n"
+    assert not (tree / "step_6" / "DEPENDS_ON").exists()
+    # Written before the marker: the marker is the newest file of the step.
+    step = tree / "step_5"
+    assert (step / "DEPENDS_ON").stat().st_mtime_ns <= (step / "STABLE").stat().st_mtime_ns
+    mark_loaded(tree, 5)
+    _sweep(tmp_path)
+    assert step_numbers(tree) == [3, 4, 5, 6]  # 5 needs 4, 4 needs the full step 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(depends_on=st.one_of(
+    st.lists(st.one_of(st.integers(-5, 12), st.booleans(), st.floats(0, 3), st.text(max_size=2),
+                       st.none()), max_size=4),
+    st.text(max_size=3), st.binary(max_size=3), st.integers(), st.none(),
+    st.just(range(5000))))
+def test_a_bad_depends_on_is_refused_and_nothing_is_published(depends_on: object) -> None:
+    import tempfile
+
+    from trainer_hooks import staged_step
+
+    with tempfile.TemporaryDirectory(prefix="janitor-deps-") as root:
+        numbers = depends_on if isinstance(depends_on, list | range) else None
+        good = numbers is not None and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 and n != 7
+            for n in numbers) and len(set(numbers)) <= 4096
+        try:
+            with staged_step(root, 7, depends_on=depends_on) as staging:  # type: ignore[arg-type]
+                (staging / "w").write_bytes(b"w")
+        except (TypeError, ValueError) as exc:
+            assert not good, exc
+            assert os.listdir(root) == []
+            assert "\n" not in str(exc) and "depends_on" in str(exc)
+            return
+        assert good
+        written = Path(root, "step_7", "DEPENDS_ON")
+        expected = list(dict.fromkeys(numbers or []))
+        assert (written.read_bytes() if expected else b"") == \
+            "".join(f"{n}\n" for n in expected).encode()
+        assert parse_lines(written.read_bytes() if expected else b"") == tuple(expected)

@@ -31,6 +31,19 @@ def check_step(step: object, what: str = "step") -> int:
     return number
 
 
+def check_depends_on(depends_on: object, step: int) -> bytes:
+    """The DEPENDS_ON content naming `depends_on` (step numbers, one per line), or b"" for none;
+    TypeError or ValueError for anything the janitor would not read as a list of other steps."""
+    if isinstance(depends_on, str | bytes) or not hasattr(depends_on, "__iter__"):
+        raise TypeError(f"depends_on must be an iterable of step numbers, got {depends_on!r}")
+    numbers = list(dict.fromkeys(check_step(n, "depends_on entry") for n in depends_on))
+    if step in numbers:
+        raise ValueError(f"depends_on names the step itself ({step})")
+    if len(numbers) > protocol.MAX_DEPENDS:
+        raise ValueError(f"depends_on names {len(numbers)} steps; at most {protocol.MAX_DEPENDS}")
+    return "".join(f"{n}\n" for n in numbers).encode("ascii")
+
+
 def check_directory(directory: object) -> Path:
     """Return `directory` as a Path if it names an existing directory, else raise.
 

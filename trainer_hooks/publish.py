@@ -4,8 +4,9 @@ The recipe, in order (each line is durable before the next starts):
 1. create `.janitor-staging.<N>.<random>` beside the target: hidden, never matching `step_*`;
 2. the writer writes its files into it;
 3. fsync every regular file and subdirectory the writer produced;
-4. write the completion marker (default `STABLE`) last and fsync it, unless the writer already
-   wrote it (DCP writes `.metadata` last itself);
+4. write `DEPENDS_ON` (the steps this one is a delta over, when given), then the completion
+   marker (default `STABLE`) last, each fsynced, unless the writer already wrote the marker (DCP
+   writes `.metadata` last itself);
 5. set the staging directory's mtime to now and fsync it: the published step's mtime is its
    publish time, which is what the janitor compares with LOADED_STEP's (invariant 4);
 6. rename it to `step_N` and fsync the parent directory.
@@ -23,20 +24,21 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from janitor import protocol
 
 from . import _fs, _rename, headroom
-from ._checks import check_directory, check_file_name, check_step
+from ._checks import check_depends_on, check_directory, check_file_name, check_step
 from ._torchio import torch_save
 
 
 @contextlib.contextmanager
 def staged_step(directory: str | os.PathLike[str], step: int,
-                complete_marker: str = protocol.DEFAULT_COMPLETE_MARKER) -> Iterator[Path]:
+                complete_marker: str = protocol.DEFAULT_COMPLETE_MARKER, *,
+                depends_on: Iterable[int] = ()) -> Iterator[Path]:
     """Yield a hidden staging directory; on a clean exit, publish it as `directory/step_<step>`.
 
     Write any files into the yielded Path (torch.save, safetensors, or
@@ -44,17 +46,25 @@ def staged_step(directory: str | os.PathLike[str], step: int,
     the completion marker is written last (kept as is if the writer already wrote it as a regular
     file, e.g. DCP's `.metadata`), and the directory is renamed into place. If the block raises,
     the staging directory is removed and nothing is published.
+
+    `depends_on`: the steps this one cannot be loaded without (a delta, a sparse patch): written
+    as `DEPENDS_ON` before the completion marker, so the janitor keeps them while it keeps this
+    step.
     """
     root = check_directory(directory)
     number = check_step(step)
     marker = check_file_name(complete_marker, "complete_marker")
+    if marker == protocol.DEPENDS_FILE:
+        raise ValueError(f"complete_marker {marker!r} is the name of a step's dependency file; "
+                         "pick another")
+    depends = check_depends_on(depends_on, number)
     target = protocol.step_name(number)
     parent_fd = _fs.open_directory(root)
     try:
         staging = _make_staging_dir(parent_fd, number)
         try:
             yield root / staging
-            _seal(staging, parent_fd, marker)
+            _seal(staging, parent_fd, marker, depends)
             _publish(staging, target, parent_fd, number)
         except BaseException:
             # Also on KeyboardInterrupt and GeneratorExit: never leave a half-written staging dir
@@ -68,26 +78,28 @@ def staged_step(directory: str | os.PathLike[str], step: int,
 def save_step(directory: str | os.PathLike[str], step: int, state_dict: Any,
               filename: str = "model.pt",
               complete_marker: str = protocol.DEFAULT_COMPLETE_MARKER, *,
-              wait_for_headroom: bool | float = False) -> Path:
+              wait_for_headroom: bool | float = False, depends_on: Iterable[int] = ()) -> Path:
     """torch.save `state_dict` as `directory/step_<step>/<filename>`, published atomically.
 
     Returns the path of the published step directory. A full disk raises OSError (ENOSPC), not
     torch's RuntimeError, and leaves no step behind. `wait_for_headroom=True` (or a timeout in
     seconds) first waits, before staging, until the disk has room for a step as large as the
     recent ones plus the default reserve (headroom.wait_for_headroom, 600 s for True); on
-    timeout HeadroomTimeout (errno ENOSPC) is raised and nothing is written.
+    timeout HeadroomTimeout (errno ENOSPC) is raised and nothing is written. `depends_on`: as
+    for staged_step.
     """
     number = check_step(step)
     name = check_file_name(filename, "filename")
-    if name == complete_marker:
-        raise ValueError(f"filename {name!r} is the completion marker's name; pick another")
+    if name in (complete_marker, protocol.DEPENDS_FILE):
+        raise ValueError(f"filename {name!r} is a name the protocol reserves inside a step; "
+                         "pick another")
     if isinstance(wait_for_headroom, bool):
         timeout = 600.0 if wait_for_headroom else None
     else:
         timeout = headroom.check_timeout(wait_for_headroom, "wait_for_headroom")
     if timeout is not None:
         headroom.wait_for_headroom(directory, timeout=timeout, complete_marker=complete_marker)
-    with staged_step(directory, number, complete_marker) as staging:
+    with staged_step(directory, number, complete_marker, depends_on=depends_on) as staging:
         torch_save(state_dict, staging / name)
     return Path(directory) / protocol.step_name(number)
 
@@ -107,11 +119,18 @@ def _make_staging_dir(parent_fd: int, number: int) -> str:
         return name
 
 
-def _seal(staging: str, parent_fd: int, marker: str) -> None:
-    """fsync the writer's files, write the completion marker last, stamp and fsync the directory."""
+def _seal(staging: str, parent_fd: int, marker: str, depends: bytes = b"") -> None:
+    """fsync the writer's files, write DEPENDS_ON (if any) and the completion marker last, stamp
+    and fsync the directory."""
     fd = _fs.open_entry_dir(staging, parent_fd, f"staging directory {staging!r}")
     try:
         _fs.fsync_tree(fd)
+        if depends:
+            try:
+                _fs.write_new_file(protocol.DEPENDS_FILE, fd, depends)
+            except FileExistsError:
+                raise FileExistsError(f"the writer created {protocol.DEPENDS_FILE} itself and "
+                                      "depends_on was given too; use one of them") from None
         try:
             st = os.stat(marker, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:

@@ -374,7 +374,7 @@ class FilePath(click.ParamType[str]):
 # Names the janitor or its protocol already gives a meaning: a completion marker named like one
 # would let the janitor's own files (or a consumer's) decide that a step is complete.
 _RESERVED_EXACT = frozenset({protocol.TRASH_DIR, protocol.LOCK_FILE, protocol.PIN_FILE,
-                             protocol.RECEIVER_READY_MARKER, ".", ".."})
+                             protocol.RECEIVER_READY_MARKER, protocol.DEPENDS_FILE, ".", ".."})
 _RESERVED_PREFIXES = (protocol.LOADED_MARKER, protocol.STAGING_PREFIX, protocol.STEP_PREFIX)
 
 

@@ -56,7 +56,8 @@ _BOOL = re.compile(r"true|false|1|0|yes|no|on|off", re.ASCII | re.IGNORECASE)
 _TRUE = {"true", "1", "yes", "on"}
 _INT = re.compile(r"-?[0-9]+", re.ASCII)
 _DEC = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
-_RESERVED = {".janitor-trash", ".janitor.lock", ".janitor-pin", ".receiver_ready", ".", ".."}
+_RESERVED = {".janitor-trash", ".janitor.lock", ".janitor-pin", ".receiver_ready", "DEPENDS_ON",
+             ".", ".."}
 _RESERVED_PREFIXES = ("LOADED_STEP", ".janitor-staging.", "step_")
 
 
