@@ -2,7 +2,7 @@
 
 `plan` does no I/O and reads no clock: the snapshot carries the scan time. Dry-run, sweep output,
 logs, metrics and the daemon all print or execute this same result. The Reason strings are the
-project's vocabulary; docs/policy.md explains each one.
+project's vocabulary; the README's table of reasons explains each one.
 """
 
 from __future__ import annotations
