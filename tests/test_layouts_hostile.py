@@ -1,12 +1,14 @@
 """The hostile-input suite, in every layout's grammar (issue 13, point 4): generated trees of each
 layout seeded with hostile entries (symlinked, file or non-canonical step names, completion files
 and trackers that are symlinks, FIFOs, directories or garbage, temporaries pointing out of the
-tree, bad markers), swept by the real command line. Whatever the tree, the invariants hold:
+tree, bad markers, dependency files that name steps, or are symlinks out of the tree, FIFOs,
+directories or garbage), swept by the real command line. Whatever the tree, the invariants hold:
 
 - nothing outside the tree is touched, no symlink is followed, no foreign entry removed;
 - nothing at or above the effective loaded step goes (gated), nor anything while a marker or a
   pointer is bad;
-- the newest complete step, pinned steps and the step a tracker names survive, whole;
+- the newest complete step, pinned steps and the step a tracker names survive, whole; so do a
+  complete step whose dependency file cannot be read and every step a survivor depends on;
 - the command ends 0, 3 or 4 with one-line problems, never a traceback, and never hangs.
 """
 
@@ -32,6 +34,7 @@ PRECIOUS = b"outside the tree: never touched"
 HOSTILE = ("symlink-step", "file-step", "non-canonical", "marker-symlink", "marker-fifo",
            "marker-dir", "temporary-symlink", "pin-dir")
 TRACKER_HOSTILE = ("symlink", "fifo", "dir", "garbage", "missing-step", "empty")
+DEPENDS_KINDS = ("valid", "valid", "symlink", "fifo", "dir", "garbage")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Tree:
     tracker_hostile: str | None
     loaded: str | None  # the marker's content (None: no marker)
     gated: bool
+    depends: tuple[tuple[int, str, int], ...] = ()  # (step, DEPENDS_ON kind, the step named)
 
 
 @st.composite
@@ -59,7 +63,11 @@ def trees(draw: st.DrawFn, layout: str) -> Tree:
             tracker_hostile = draw(st.sampled_from(TRACKER_HOSTILE))
     loaded = draw(st.one_of(st.none(), st.integers(0, 35).map(lambda n: f"{n}\n"),
                             st.sampled_from(["", "abc\n", "٣\n", "07\n", "-1\n", "9" * 30])))
-    return Tree(layout, steps, hostile, tracked, tracker_hostile, loaded, draw(st.booleans()))
+    depends = tuple(draw(st.lists(
+        st.tuples(st.sampled_from(numbers), st.sampled_from(DEPENDS_KINDS),
+                  st.sampled_from(numbers)), max_size=3, unique_by=lambda d: d[0])))
+    return Tree(layout, steps, hostile, tracked, tracker_hostile, loaded, draw(st.booleans()),
+                depends)
 
 
 def _write(path: Path, data: bytes = b"x") -> None:
@@ -84,6 +92,8 @@ def build(base: Path, tree: Tree) -> tuple[Path, Path]:
             (step / "trainer").mkdir()
         if pinned:
             _write(step / ".janitor-pin", b"")
+    for number, kind, target in tree.depends:
+        _depends(managed / name(number) / "DEPENDS_ON", outside, kind, target)
     for kind, number in tree.hostile:
         _hostile(managed, outside, tree.layout, kind, number)
     if tree.layout in TRACKER:
@@ -126,6 +136,22 @@ def _hostile(managed: Path, outside: Path, layout: str, kind: str, number: int) 
         (step / ".janitor-pin").mkdir()
 
 
+def _depends(path: Path, outside: Path, kind: str, target: int) -> None:
+    """A dependency file inside a step (written after its completion file: the janitor may have
+    it or not; either way it only ever keeps more)."""
+    if kind == "valid":
+        _write(path, f"{target}\n".encode())
+    elif kind == "symlink":
+        (outside / "depends").write_text(f"{target}\n")
+        path.symlink_to(outside / "depends")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dir":
+        path.mkdir()
+    else:
+        _write(path, b"\x00\xffnot a step")
+
+
 def _tracker(managed: Path, outside: Path, tree: Tree) -> None:
     filename, text = TRACKER[tree.layout]
     path = managed / filename
@@ -160,7 +186,7 @@ def check(tree: Tree, managed: Path, outside: Path, before: set[int], code: int,
     assert "Traceback" not in stderr
     assert all(line.startswith("janitor:") for line in stderr.splitlines()), stderr
     assert (outside / "precious.bin").read_bytes() == PRECIOUS
-    assert set(os.listdir(outside)) <= {"precious.bin", "tracker"}
+    assert set(os.listdir(outside)) <= {"precious.bin", "tracker", "depends"}
     name = NAMED[tree.layout]
     for kind, number in tree.hostile:  # foreign entries stay as they were
         path = managed / name(number)
@@ -187,6 +213,11 @@ def check(tree: Tree, managed: Path, outside: Path, before: set[int], code: int,
         assert tree.tracked not in gone, "the tracker's step went"
     complete = [n for n, c, _ in tree.steps if c] if tree.layout not in TRACKER else \
         [n for n, _, _ in tree.steps if tree.tracked is not None and n <= tree.tracked]
+    for number, kind, target in tree.depends:
+        if kind == "valid" and number in after and target != number:
+            assert target not in gone, f"step {target}, which surviving step {number} needs, went"
+        if kind != "valid" and number in complete:
+            assert number not in gone, f"step {number}, whose DEPENDS_ON is {kind}, went"
     if complete:
         assert max(complete) not in gone, "the newest complete step went"
     if tree.gated:
