@@ -20,7 +20,18 @@ from helpers.wait import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from janitor.budget import Budget, BudgetError, parse_min_free, parse_size, seconds_to_full
+from janitor.budget import (
+    Budget,
+    BudgetError,
+    Offer,
+    held_by,
+    parse_min_free,
+    parse_size,
+    seconds_to_full,
+    share_deficit,
+)
+from janitor.model import Entry
+from janitor.policy import Context, Decision, Policy, Progress, Reason, relieve
 
 MIB = 1 << 20
 
@@ -122,3 +133,84 @@ def test_min_free_on_a_real_small_filesystem(spawn: Spawn, tmp_path: Path) -> No
                                           mountpoint=str(mount)) or 0) > 0, 10, "the gauge")
         assert step_numbers(tree) == [1, 2, 3, 4, 5]
         assert daemon.stop()[0] == 0
+
+
+# ---- relief's arithmetic: the hysteresis, the shares of a filesystem, the split ---------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 1 << 40), st.integers(0, 1 << 40), st.integers(0, 1 << 40),
+       st.booleans(), st.one_of(st.none(), st.integers(1, 99)))
+def test_free_deficit_starts_below_the_watermark_and_stops_above_it(
+        total: int, avail: int, freed: int, relieving: bool, percent: int | None) -> None:
+    avail = min(avail, total)
+    budget = Budget(min_free_bytes=None if percent else total // 3 + 1,
+                    min_free_fraction=None if percent is None else percent / 100,
+                    pressure="relieve")
+    want = budget.free_want(total)
+    assert want is not None
+    deficit = budget.free_deficit(avail, total, freed, relieving)
+    target = min(max(total, want), want + math.ceil(want * 0.05))
+    if not relieving and avail + freed >= want:
+        assert deficit == 0  # not short once what is on its way out is counted
+    else:  # brought back to 5% of the watermark above it, no more
+        assert deficit == max(0, target - avail - freed)
+    assert Budget(min_free_bytes=want).free_deficit(avail, total, freed, relieving) == 0  # alert
+
+
+offers_strategy = st.lists(st.tuples(st.integers(0, 50), st.one_of(st.integers(0, 9),
+                                                                   st.none())), max_size=8)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.dictionaries(st.sampled_from(["/a", "/b", "/c", "/d"]), offers_strategy, max_size=4),
+       st.integers(0, 60))
+def test_shares_take_the_oldest_completion_first_across_directories(
+        drawn: dict[str, list[tuple[int, int | None]]], deficit: int) -> None:
+    queues = {key: [Offer(t, b, f"step_{i}") for i, (t, b) in enumerate(offers)]
+              for key, offers in drawn.items()}
+    shares = share_deficit(queues, deficit)
+    # The oracle: a plain merge of the directories' heads, oldest (then by directory) first,
+    # until the deficit is met or the oldest head is not measured yet.
+    taken = dict.fromkeys(queues, 0)
+    freed = 0
+    while freed < deficit:
+        heads = [(queues[k][taken[k]].time_ns, k) for k in queues if taken[k] < len(queues[k])]
+        if not heads:
+            break
+        _, key = min(heads)
+        size = queues[key][taken[key]].bytes
+        if size is None:
+            break
+        taken[key] += 1
+        freed += size
+    assert shares == {k: sum(o.bytes or 0 for o in queues[k][:taken[k]]) for k in queues}
+    for key, offers in queues.items():  # each share is a prefix: relieve takes exactly it
+        decisions = [Decision(_entry(i), False, Reason.KEEP_WITHIN) for i in range(len(offers))]
+        sizes = {o.name: o.bytes or 0 for o in offers}
+        chosen = relieve(decisions, Policy(gated=False), _CONTEXT, sizes.__getitem__, shares[key])
+        prefix = 0
+        while prefix < len(offers) and sum(sizes[o.name] for o in offers[:prefix]) < shares[key]:
+            prefix += 1
+        assert chosen == frozenset(range(prefix))
+        assert all(offers[i].bytes is not None for i in chosen)
+
+
+def _entry(number: int) -> Entry:
+    return Entry(f"step_{number}", number, True, False, 1, 1, 100 + number)
+
+
+_CONTEXT = Context(Progress(None, None, None), None, frozenset(), 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pinned", "keep-last", "at-or-above-loaded", "trash"]),
+                          st.integers(0, 1 << 40))))
+def test_held_by_sums_each_reason_largest_first(items: list[tuple[str, int]]) -> None:
+    held = held_by(items)
+    assert sum(h.bytes for h in held) == sum(b for _, b in items)
+    assert sum(h.steps for h in held) == len(items)
+    for h in held:
+        assert h.bytes == sum(b for r, b in items if r == h.reason)
+        assert h.steps == sum(1 for r, _ in items if r == h.reason)
+    assert [h.bytes for h in held] == sorted((h.bytes for h in held), reverse=True)
+    assert len({h.reason for h in held}) == len(held)

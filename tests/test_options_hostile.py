@@ -235,8 +235,9 @@ def expected(case: Case, command: str, *, parse_only: bool = False) -> dict[str,
     if not parse_only and values.get("layout") == "auto" and any(
             s.spec.flag == "--complete-marker" for s in case.settings):
         raise RefusedError("--complete-marker with --layout auto: each layout has its own")
-    if not parse_only and values.get("pressure") == "relieve" and values.get("max_bytes") is None:
-        raise RefusedError("--pressure relieve without --max-bytes")
+    if not parse_only and values.get("pressure") == "relieve" and values.get("max_bytes") is None \
+            and values.get("min_free") is None:
+        raise RefusedError("--pressure relieve without --max-bytes or --min-free")
     how = case.roots[0]
     if how == "env-rel" or how.endswith("-raw"):
         raise RefusedError("blank root, or a relative root from the environment")

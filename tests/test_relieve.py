@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_policy_properties import SCANNED_NS, consumers_strategy, snapshot, steps_strategy
 
+from janitor.ops.report import holder
 from janitor.policy import (
     SOFT_REASONS,
     Policy,
@@ -54,9 +55,18 @@ def test_relieve_takes_only_soft_kept_steps_oldest_first(data: st.DataObject, ga
         old = was[decision.entry.name]
         if old.delete:
             assert decision.delete and decision.reason == old.reason  # nothing saved by it
-        elif decision.delete:  # newly deleted: only a soft-kept step the gate lets go
-            assert decision.reason is Reason.RELIEVED and old.reason in SOFT_REASONS
+        elif decision.delete and decision.reason is Reason.RELIEVED:
+            # newly deleted: only a soft-kept step the gate lets go
+            assert old.reason in SOFT_REASONS
             assert gate_allows(decision.entry, policy, context)
+        elif decision.delete:
+            # ...or a step only those needed: kept as depended-on before, by no one now
+            assert old.reason is Reason.DEPENDED_ON, (old, decision)
+            number = decision.entry.number
+            assert not any(number in d.entry.depends for d in after.decisions if not d.delete)
+        elif old.reason is Reason.DEPENDED_ON:
+            assert decision.reason in (Reason.DEPENDED_ON, *SOFT_REASONS,
+                                       Reason.AT_OR_ABOVE_LOADED, Reason.CHANGED_AFTER_MARKER)
         else:
             assert decision.reason == old.reason
     assert before.progress.problem is None or not chosen
@@ -113,9 +123,40 @@ def test_the_daemon_relieves_once_it_knows_the_sizes(spawn: Spawn, tmp_path: Pat
     assert daemon.stop()[0] == 0
 
 
-def test_relieve_needs_a_byte_budget(tmp_path: Path) -> None:
-    ran = run_janitor("sweep", "--pressure", "relieve", "--min-free", "10%", str(tmp_path))
+def test_relieve_needs_a_budget(tmp_path: Path) -> None:
+    ran = run_janitor("sweep", "--pressure", "relieve", str(tmp_path))
     assert ran.code == 2 and ran.stderr.count("\n") == 1
+    assert ran.stderr.startswith("janitor: ") and "--max-bytes or --min-free" in ran.stderr
+    for budget in (["--min-free", "10%"], ["--max-bytes", "1G"]):
+        ran = run_janitor("sweep", "--pressure", "relieve", *budget, "--dry-run", str(tmp_path))
+        assert ran.code == 0, ran.stderr  # accepted (nothing is managed there)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), gated=st.booleans(), keep_last=st.integers(1, 8),
+       within=st.one_of(st.none(), st.integers(1, 4000)))
+def test_the_split_names_soft_rules_only_for_what_relief_may_take(
+        data: st.DataObject, gated: bool, keep_last: int, within: int | None) -> None:
+    """ops.report.holder: a step kept by a soft rule is held by that rule only when the gate
+    would let it go (relief may take it); otherwise by the gate. Every other decision is held
+    by its own reason."""
+    snap = snapshot(data.draw(steps_strategy()), data.draw(consumers_strategy()))
+    policy = Policy(gated=gated, keep_last=keep_last,
+                    keep_within_s=None if within is None else float(within))
+    decided = plan(snap, policy)
+    context, _ = snapshot_context(snap, policy)
+    may_take = relieve(decided.decisions, policy, context, lambda _name: 0, 1)
+    for decision in decided.decisions:
+        held = holder(decision, policy, context)
+        soft = not decision.delete and decision.reason in SOFT_REASONS
+        if soft and not gate_allows(decision.entry, policy, context):
+            assert held in ("at-or-above-loaded", "changed-after-marker")
+            assert held == "at-or-above-loaded" or \
+                decision.entry.number < (context.progress.loaded_step or 0)
+        else:
+            assert held == decision.reason.value
+        assert (held in SOFT_REASONS and not decision.delete) == \
+            (decision.entry.number in may_take and not decision.delete)
 
 
 def test_the_scan_time_is_the_snapshots() -> None:

@@ -92,21 +92,22 @@ def budget_options(command: F) -> F:
     command = strict.option(
         "--pressure", type=click.Choice(["alert", "relieve"]), default="alert",
         show_default=True, envvar="JANITOR_PRESSURE", show_envvar=True,
-        help="Over --max-bytes: only say so (alert), or also delete steps kept only by soft "
-             "rules (--keep-last beyond the newest, --keep-within, -hourly, -daily, "
-             "-interval), oldest first, until 5% under it (relieve).",
+        help="Over --max-bytes or short of --min-free: only say so (alert), or also delete "
+             "steps kept only by soft rules (--keep-last beyond the newest, --keep-within, "
+             "-hourly, -daily, -interval), oldest first, until 5% under --max-bytes and 5% of "
+             "--min-free above it (relieve); never a step a hard rule keeps.",
     )(command)
     command = strict.option(
         "--min-free", type=strict.MIN_FREE, default=None, envvar="JANITOR_MIN_FREE",
         show_envvar=True,
         help="Free space each filesystem should keep (50G, or 10% of it): said when it is not, "
-             "in the log, status and metrics; nothing more is deleted than the rules allow.",
+             "in the log, status and metrics; see --pressure.",
     )(command)
     return strict.option(
         "--max-bytes", type=strict.BYTE_SIZE, default=None, envvar="JANITOR_MAX_BYTES",
         show_envvar=True,
         help="Bytes one managed directory should hold at most (steps and trash; 500G, 2T): "
-             "said when it holds more; nothing more is deleted than the rules allow.",
+             "said when it holds more; see --pressure.",
     )(command)
 
 
@@ -115,9 +116,9 @@ def build_budget(kwargs: dict[str, Any]) -> Budget:
     free: Budget | None = kwargs.pop("min_free")
     budget = Budget(kwargs.pop("max_bytes"), free.min_free_bytes if free else None,
                     free.min_free_fraction if free else None, kwargs.pop("pressure"))
-    if budget.pressure == "relieve" and budget.max_bytes is None:
-        raise click.UsageError("--pressure relieve needs --max-bytes (the free-space "
-                               "watermark --min-free only alerts)")
+    if budget.pressure == "relieve" and not budget.relieves:
+        raise click.UsageError("--pressure relieve needs --max-bytes or --min-free (what it "
+                               "relieves); give one, or leave --pressure out")
     return budget
 
 

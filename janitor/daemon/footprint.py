@@ -5,13 +5,15 @@ change; one still being written is sized again whenever a pass reads it changed 
 at each refresh, until it is complete), in slices
 of at most a few milliseconds per loop iteration, so a directory of 10,000 steps costs one walk of
 its tree after adoption and then only its new steps. A step the loop renames into the trash
-leaves the total at once. The daemon only runs this when metrics are served.
+leaves the total at once. The daemon runs this when metrics are served or a budget needs the
+sizes (--max-bytes; --min-free under --pressure relieve, whose relief and per-reason split of a
+directory under pressure read each step's size here instead of measuring it again).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -33,8 +35,8 @@ class _Sized:
     def stale(self, entry: Entry) -> bool:
         """Whether the index's reading of the step says this size is out of date: another
         inode, or a step that was incomplete when sized and has since completed or changed."""
-        return self.ino != entry.ino or not self.complete and (
-            entry.complete or entry.changed_ns != self.changed_ns)
+        return self.ino != entry.ino or (not self.complete and (
+            entry.complete or entry.changed_ns != self.changed_ns))
 
 
 class Footprint:
@@ -45,11 +47,20 @@ class Footprint:
         self._sizes: dict[str, dict[str, _Sized]] = {}
         self._totals: dict[str, int] = {}
         self._queue: deque[tuple[str, str]] = deque()
+        self._queued: Counter[str] = Counter()  # queue entries by directory
 
     @property
     def pending(self) -> bool:
         """Whether steps wait to be sized (the loop then keeps coming back, like a rescan)."""
         return bool(self._queue)
+
+    def pending_in(self, path: str) -> bool:
+        """Whether steps of this directory wait to be sized (its total is not final yet)."""
+        return self._queued[path] > 0
+
+    def _enqueue(self, path: str, name: str) -> None:
+        self._queue.append((path, name))
+        self._queued[path] += 1
 
     def refresh(self, path: str, index: DirectoryIndex) -> None:
         """Compare with the index (after adoption and each rescan): queue what is new, replaced
@@ -60,7 +71,7 @@ class Footprint:
         for name, entry in index.entries.items():
             known = sizes.get(name)
             if known is None or known.ino != entry.ino or not known.complete:
-                self._queue.append((path, name))
+                self._enqueue(path, name)
         self._publish(path, self.total(path))
 
     def known(self, path: str) -> bool:
@@ -82,7 +93,7 @@ class Footprint:
                 gone = gone or known is not None
                 self._drop(path, name)
             elif known is None or known.stale(entry):
-                self._queue.append((path, name))
+                self._enqueue(path, name)
         if gone:
             self._publish(path, self.total(path))
 
@@ -104,6 +115,11 @@ class Footprint:
         """The measured size of one step (0 while not measured yet)."""
         sized = self._sizes.get(path, {}).get(name)
         return 0 if sized is None else sized.bytes
+
+    def measured(self, path: str, name: str) -> int | None:
+        """The measured size of one step, None while it was never measured."""
+        sized = self._sizes.get(path, {}).get(name)
+        return None if sized is None else sized.bytes
 
     def total(self, path: str) -> int:
         return self._totals.get(path, 0)
@@ -127,6 +143,9 @@ class Footprint:
         changed: set[str] = set()
         while self._queue and time.monotonic() < deadline:
             path, name = self._queue.popleft()
+            self._queued[path] -= 1
+            if not self._queued[path]:
+                del self._queued[path]
             held = indexes(path)
             sizes = self._sizes.get(path)
             if held is None or sizes is None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from janitor import protocol
+from janitor.budget import Holding
+from janitor.fs import reaper
 from janitor.fs.reaper import ReclaimStats, trash_step
-from janitor.ops.managed import PassResult
+from janitor.fs.sizes import tree_size
+from janitor.model import Consumer
+from janitor.ops.managed import ManagedDirectory, PassResult
+from janitor.policy import SOFT_REASONS, Context, Decision, Policy, Reason, gate_allows
+
+# What holds the bytes of the trash (being reclaimed) in a per-reason split.
+TRASH_HOLDER = "trash"
 
 
 def human_bytes(count: int) -> str:
@@ -17,6 +27,69 @@ def human_bytes(count: int) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def holder(decision: Decision, policy: Policy, context: Context) -> str:
+    """The rule that holds a step's bytes, for the per-reason split of a directory under
+    pressure: its reason, except that a step kept by a soft rule which the consumer gate would
+    keep too is held by the gate (dropping the soft rule would not free it, and --pressure
+    relieve never takes it)."""
+    entry = decision.entry
+    if decision.delete or decision.reason not in SOFT_REASONS or \
+            gate_allows(entry, policy, context):
+        return decision.reason.value
+    loaded = context.progress.loaded_step
+    if loaded is None or entry.number is None or entry.number >= loaded:
+        return Reason.AT_OR_ABOVE_LOADED.value
+    return Reason.CHANGED_AFTER_MARKER.value
+
+
+def held_text(held: Sequence[Holding], limit: int = 6) -> str:
+    """`at-or-above-loaded 12.0 GiB (9 steps), interval-multiple 3.1 GiB (31 steps), ...`:
+    the largest `limit` holders, and how many bytes the rest hold."""
+    parts = []
+    for holding in held[:limit]:
+        if holding.reason == TRASH_HOLDER:
+            parts.append(f"the trash {human_bytes(holding.bytes)} (being reclaimed)")
+        else:
+            steps = f"{holding.steps} step" + ("" if holding.steps == 1 else "s")
+            parts.append(f"{holding.reason} {human_bytes(holding.bytes)} ({steps})")
+    rest = held[limit:]
+    if rest:
+        parts.append(f"{len(rest)} more reasons {human_bytes(sum(h.bytes for h in rest))}")
+    return ", ".join(parts) if parts else "nothing"
+
+
+def gate_text(held: Sequence[Holding], loaded: int | None, newest: int | None,
+              consumers: Sequence[Consumer], policy: Policy) -> str | None:
+    """When the consumer gate holds the most: who is behind and by how much (None otherwise)."""
+    top = held[0].reason if held else None
+    if top == Reason.CHANGED_AFTER_MARKER.value:
+        return ("the largest holder was written after the consumer's marker (a resumed "
+                "trainer?): it goes once a consumer writes its marker again")
+    if top != Reason.AT_OR_ABOVE_LOADED.value or loaded is None:
+        return None
+    if policy.progress == "receiver-ready":
+        source = f"the newest .receiver_ready is in step {loaded}"
+    else:
+        behind = [c for c in consumers if c.step == loaded]
+        source = ", ".join(f"{protocol.printable(c.filename)}={c.step}" for c in behind) or \
+            f"loaded step {loaded}"
+    lag = "" if newest is None else \
+        f", newest complete {newest}, lag {max(0, newest - loaded)} steps"
+    return f"the consumer is behind: {source}{lag}"
+
+
+def trash_usage(directory: ManagedDirectory) -> tuple[int, int]:
+    """Entries and bytes in a directory's trash (0, 0 without one): what is being reclaimed."""
+    trash_fd = reaper.open_trash(directory.fd, directory.mount_id, create=False)
+    if trash_fd is None:
+        return 0, 0
+    try:
+        names = reaper.trash_entries(trash_fd)
+        return len(names), sum(tree_size(trash_fd, name) for name in names)
+    finally:
+        os.close(trash_fd)
 
 
 @dataclass(slots=True)
@@ -32,6 +105,11 @@ class DirectoryReport:
     error: str | None = None
     layout: str | None = None  # the layout the directory was read with (detected with auto)
     pressure: list[str] = field(default_factory=list)  # --max-bytes / --min-free lines
+    # Under --max-bytes / --min-free: each entry's holder (see `holder`), and the policy the
+    # directory was planned with (what says who is behind).
+    holders: dict[str, str] = field(default_factory=dict)
+    policy: Policy | None = None
+    held: list[Holding] = field(default_factory=list)  # by reason, when under pressure
 
     def deleted_count(self, dry_run: bool) -> int:
         if self.result is None:
@@ -132,6 +210,7 @@ def directory_json(report: DirectoryReport, dry_run: bool) -> dict[str, object]:
         "deleted": [protocol.printable(d.entry.name) for d in plan.doomed] if dry_run
         else [protocol.printable(t.entry.name) for t in report.result.trashed],
         "freed_bytes": report.freed_bytes(dry_run),
+        "held": [h._asdict() for h in report.held],
         "reclaimed_files": report.reclaimed.files + report.leftover.files,
         "trash_pending": report.leftover.pending + report.reclaimed.pending,
         "reclaim_problems": report.reclaimed.problems + report.leftover.problems,

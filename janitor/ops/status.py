@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 from janitor import exitcodes, protocol
-from janitor.budget import NO_BUDGET, Budget
-from janitor.fs import lock, presence, reaper
+from janitor.budget import NO_BUDGET, Budget, Holding, held_by
+from janitor.fs import lock, presence
 from janitor.fs.paths import check_root, discover
 from janitor.fs.sizes import tree_size
 from janitor.layouts import searched
@@ -16,8 +16,8 @@ from janitor.model import ScanOptions
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
 from janitor.ops.recorded import choose
-from janitor.ops.report import human_bytes
-from janitor.policy import Policy
+from janitor.ops.report import TRASH_HOLDER, gate_text, held_text, holder, human_bytes, trash_usage
+from janitor.policy import Policy, snapshot_context
 
 
 def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_depth: int,
@@ -51,19 +51,28 @@ def collect(roots: tuple[str, ...], policy: Policy, options: ScanOptions, max_de
 def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
                peers: list[dict[str, object]]) -> dict[str, object]:
     with ManagedDirectory(path, dry_run=True, policy=policy, options=options) as directory:
-        held, holder = lock.inspect(directory.fd)
-        choice = choose(policy, options, holder if held else None, explicit, held=held)
+        held, holder_record = lock.inspect(directory.fd)
+        choice = choose(policy, options, holder_record if held else None, explicit, held=held)
         if choice.source == "holder":  # else: as opened (with auto: the detected layout)
             directory.policy, directory.options = choice.policy, choice.options
         snapshot, plan = look_pinned(directory)
         now = time.time_ns()
         by_decision: dict[str, dict[str, int]] = {}
+        context, _ = snapshot_context(snapshot, directory.policy)
+        holding: list[tuple[str, int]] = []
         for decision in plan.decisions:
             key = f"{decision.action}:{decision.reason.value}"
             bucket = by_decision.setdefault(key, {"count": 0, "bytes": 0})
+            size = tree_size(directory.fd, decision.entry.name)
             bucket["count"] += 1
-            bucket["bytes"] += tree_size(directory.fd, decision.entry.name)
-        trash = _trash(directory)
+            bucket["bytes"] += size
+            holding.append((holder(decision, directory.policy, context), size))
+        trash = trash_usage(directory)
+        if trash[1]:
+            holding.append((TRASH_HOLDER, trash[1]))
+        split = held_by(holding)
+        behind = gate_text(split, plan.progress.loaded_step, plan.newest_complete,
+                           snapshot.consumers, directory.policy)
         vfs = os.statvfs(directory.fd)
         janitors = presence.roles_for(peers, directory.dev, directory.ino)
     newest = plan.newest_complete
@@ -83,7 +92,8 @@ def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
         "trash_bytes": trash[1],
         "free_bytes": vfs.f_bavail * vfs.f_frsize,
         "size_bytes": vfs.f_blocks * vfs.f_frsize,
-        "daemon": {"running": held, **(holder or {})} if holder or held else {"running": False},
+        "daemon": {"running": held, **(holder_record or {})} if holder_record or held
+        else {"running": False},
         # Every janitor of this network namespace that announces this directory: the lock's
         # holder ("active", with its watch mode), a dry run or a standby (neither holds it).
         "janitors": janitors,
@@ -93,11 +103,15 @@ def _directory(path: str, policy: Policy, options: ScanOptions, explicit: bool,
         "layout_problem": directory.refusal,
         "policy_source": choice.source,
         "policy_warning": choice.warning,
+        # What holds the bytes, by keep reason (ops.report.holder), largest first, and who is
+        # behind when the consumer gate holds the most.
+        "held": [h._asdict() for h in split],
+        "behind": behind,
     }
 
 
 def _with_pressure(report: dict[str, object], budget: Budget) -> dict[str, object]:
-    """--max-bytes / --min-free against what the report measured (alert mode)."""
+    """--max-bytes / --min-free against what the report measured (status deletes nothing)."""
     decisions = report["decisions"]
     assert isinstance(decisions, dict)
     used = sum(int(b["bytes"]) for b in decisions.values()) + int(str(report["trash_bytes"]))
@@ -108,17 +122,6 @@ def _with_pressure(report: dict[str, object], budget: Budget) -> dict[str, objec
                           if budget.min_free_bytes or budget.min_free_fraction else None,
                           **budget.describe()}
     return report
-
-
-def _trash(directory: ManagedDirectory) -> tuple[int, int]:
-    trash_fd = reaper.open_trash(directory.fd, directory.mount_id, create=False)
-    if trash_fd is None:
-        return 0, 0
-    try:
-        names = reaper.trash_entries(trash_fd)
-        return len(names), sum(tree_size(trash_fd, name) for name in names)
-    finally:
-        os.close(trash_fd)
 
 
 def render(reports: list[dict[str, object]]) -> list[str]:
@@ -182,8 +185,18 @@ def _pressure_lines(report: dict[str, object]) -> list[str]:
     if pressure.get("over_max_bytes"):
         lines.append(f"  pressure:  holds {human_bytes(int(str(report['bytes'])))}, "
                      f"{human_bytes(int(pressure['over_max_bytes']))} over --max-bytes "
-                     f"(alert: nothing more is deleted than the rules allow)")
+                     f"{human_bytes(int(pressure['max_bytes']))}")
     if pressure.get("short_of_min_free"):
         lines.append(f"  pressure:  {human_bytes(int(pressure['short_of_min_free']))} short of "
-                     "--min-free on its filesystem (alert)")
+                     "--min-free on its filesystem")
+    if not lines:
+        return lines
+    held = report.get("held")
+    split = [Holding(**h) for h in held] if isinstance(held, list) else []
+    lines.append(f"  held by:   {held_text(split)}")
+    if report.get("behind"):
+        lines.append(f"  gate:      {report['behind']}")
+    lines.append("  (--pressure relieve deletes what soft rules alone keep, oldest first; "
+                 "never a step a hard rule keeps)" if pressure.get("pressure") == "relieve"
+                 else "  (--pressure alert: nothing more is deleted than the rules allow)")
     return lines

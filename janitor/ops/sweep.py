@@ -7,13 +7,14 @@ stderr; the exit code says what happened (janitor.exitcodes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from janitor import exitcodes, protocol
-from janitor.budget import NO_BUDGET, Budget
+from janitor.budget import NO_BUDGET, Budget, Offer, held_by, share_deficit
 from janitor.fs import lock, reaper, reserved
 from janitor.fs.paths import check_root, discover
 from janitor.fs.scan import deepen
@@ -23,8 +24,24 @@ from janitor.model import ScanOptions, Snapshot
 from janitor.ops.audit import AuditLog
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
-from janitor.ops.report import DirectoryReport, human_bytes
-from janitor.policy import Plan, Policy, plan, relieve, snapshot_context
+from janitor.ops.report import (
+    DirectoryReport,
+    gate_text,
+    held_text,
+    holder,
+    human_bytes,
+    trash_usage,
+)
+from janitor.policy import (
+    Context,
+    Decision,
+    Plan,
+    Policy,
+    dependency_notes,
+    plan,
+    relieve,
+    snapshot_context,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,31 +61,43 @@ def sweep(request: SweepRequest, problem: Callable[[str], None],
     """Sweep every root, reporting each directory when done; returns (exit code, reports)."""
     codes: list[int] = []
     reports: list[DirectoryReport] = []
+    # Every root is searched first (the directories sharing a filesystem share its deficit
+    # under --min-free relieve), then each is swept and its problems said in the roots' order.
+    work: list[str | tuple[int | None, str]] = []
     for root in request.roots:
         bad = check_root(root)
         if bad is not None:
-            codes.append(bad[0])
-            problem(bad[1])
+            work.append(bad)
             continue
         managed = discover(root, request.max_depth,
                            layouts=searched(request.options.layout)).managed
         if not managed:
             what = _what_steps(request.options.layout)
-            problem(f"{protocol.printable(root)}: no {what} directory or LOADED_STEP marker "
-                    f"within depth {request.max_depth}; nothing to do")
-        for path in managed:
-            report = sweep_directory(path, request)
-            codes.append(_code(report, request.dry_run))
-            report.pressure = pressure_of(report, request.budget, request.dry_run)
-            for line in [*_problems(report), *report.pressure]:
-                problem(line)
-            reports.append(report)
-            on_directory(report)
+            work.append((None, f"{protocol.printable(root)}: no {what} directory or LOADED_STEP "
+                               f"marker within depth {request.max_depth}; nothing to do"))
+        work.extend(managed)
+    shares = free_shares([w for w in work if isinstance(w, str)], request) \
+        if request.budget.relieves_free else {}
+    for item in work:
+        if not isinstance(item, str):
+            if item[0] is not None:
+                codes.append(item[0])
+            problem(item[1])
+            continue
+        report = sweep_directory(item, request, shares.get(item))
+        codes.append(_code(report, request.dry_run))
+        report.pressure = pressure_of(report, request.budget, request.dry_run)
+        for line in [*_problems(report), *report.pressure]:
+            problem(line)
+        reports.append(report)
+        on_directory(report)
     return exitcodes.worst(codes), reports
 
 
-def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
-    """One managed directory, start to finish; never raises for a problem a user can meet."""
+def sweep_directory(path: str, request: SweepRequest,
+                    share: Share | None = None) -> DirectoryReport:
+    """One managed directory, start to finish; never raises for a problem a user can meet.
+    `share`: its part of its filesystem's --min-free deficit, when it shares one (free_shares)."""
     report = DirectoryReport(path)
     shown = protocol.printable(path)
     try:
@@ -80,7 +109,7 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             snapshot, decided = look_pinned(directory)
             if request.budget.relieves:
                 snapshot, decided = relieved(directory, snapshot, decided, request.budget,
-                                             report.sizes)
+                                             report.sizes, share)
             result = directory.execute(snapshot, decided)
             report.result = result
             report.layout = directory.options.layout.name
@@ -91,6 +120,11 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
             for entry in result.snapshot.entries:
                 if entry.name not in report.sizes:
                     report.sizes[entry.name] = tree_size(directory.fd, entry.name)
+            if request.budget.any:
+                context, _ = snapshot_context(result.snapshot, directory.policy)
+                report.policy = directory.policy
+                report.holders = {d.entry.name: holder(d, directory.policy, context)
+                                  for d in result.plan.decisions}
     except lock.LockHeldError as exc:
         report.refused = protocol.printable(str(exc))
     except reserved.UnsafeObjectError as exc:
@@ -105,17 +139,95 @@ def sweep_directory(path: str, request: SweepRequest) -> DirectoryReport:
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A directory's part of its filesystem's --min-free deficit (bytes to relieve), and the
+    sizes measured to share it out, by name: (inode, change time, bytes)."""
+
+    bytes: int
+    sizes: dict[str, tuple[int, int, int]]
+
+
+def free_shares(paths: list[str], request: SweepRequest) -> dict[str, Share]:
+    """--min-free under relieve, for the directories that share a filesystem short of it: each
+    one's share of the deficit (budget.share_deficit: oldest completion first across them),
+    from a read-only look at each (the sizes are kept for its sweep). A directory alone on its
+    filesystem is not looked at twice: its sweep works its deficit out itself."""
+    budget = request.budget
+    by_dev: dict[int, list[str]] = {}
+    for path in dict.fromkeys(paths):
+        with contextlib.suppress(OSError):
+            by_dev.setdefault(os.stat(path).st_dev, []).append(path)
+    shares: dict[str, Share] = {}
+    for group in by_dev.values():
+        if len(group) < 2:
+            continue
+        try:
+            vfs = os.statvfs(group[0])
+        except OSError:
+            continue
+        avail, total = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
+        if not budget.free_deficit(avail, total, 0, relieving=False):
+            continue  # what the looks would count as freed only lowers the deficit
+        looks = {path: _offers(path, request) for path in group}
+        freed = sum(look[1] for look in looks.values())
+        deficit = budget.free_deficit(avail, total, freed, relieving=False)
+        parts = share_deficit({path: look[0] for path, look in looks.items()}, deficit)
+        shares.update((path, Share(parts[path], looks[path][2])) for path in group)
+    return shares
+
+
+def _offers(path: str,
+            request: SweepRequest) -> tuple[list[Offer], int, dict[str, tuple[int, int, int]]]:
+    """A read-only look at one directory: what relief may take (oldest first), the bytes its
+    plan deletes anyway plus its trash (both on their way out), and each entry's size."""
+    try:
+        with ManagedDirectory(path, dry_run=True, policy=request.policy,
+                              options=request.options) as directory:
+            snapshot, decided = look_pinned(directory)
+            sizes = {e.name: (e.ino, e.changed_ns, tree_size(directory.fd, e.name))
+                     for e in snapshot.entries}
+            context, _ = snapshot_context(snapshot, directory.policy)
+            offers = relief_offers(decided.decisions, directory.policy, context,
+                                   lambda name: sizes[name][2])
+            gone = sum(sizes[d.entry.name][2] for d in decided.doomed)
+            return offers, gone + trash_usage(directory)[1], sizes
+    except (OSError, lock.LockHeldError, reserved.UnsafeObjectError):
+        return [], 0, {}  # its own sweep says what is wrong
+
+
+def relief_offers(decisions: Sequence[Decision], policy: Policy, context: Context,
+                  size: Callable[[str], int | None]) -> list[Offer]:
+    """The steps policy.relieve may take, in its order (oldest first), with their completion
+    times and sizes (None: not measured yet)."""
+    eligible = relieve(decisions, policy, context, lambda _name: 0, 1)  # freeing 0: all of them
+    chosen = sorted((d for d in decisions if d.entry.number in eligible and not d.delete),
+                    key=lambda d: d.entry.number or 0)
+    return [Offer(d.entry.changed_ns, size(d.entry.name), d.entry.name) for d in chosen]
+
+
 def relieved(directory: ManagedDirectory, snapshot: Snapshot, decided: Plan, budget: Budget,
-             sizes: dict[str, int]) -> tuple[Snapshot, Plan]:
-    """--pressure relieve: over --max-bytes, the plan again with the soft-kept steps chosen
-    to go (oldest first, policy.relieve), those read in depth first (a pin found keeps one).
-    Each entry's size is measured into `sizes` (the report's: not measured again after)."""
-    sizes.update((e.name, tree_size(directory.fd, e.name)) for e in snapshot.entries)
+             sizes: dict[str, int], share: Share | None = None) -> tuple[Snapshot, Plan]:
+    """--pressure relieve: over --max-bytes, or on a filesystem short of --min-free, the plan
+    again with the soft-kept steps chosen to go (oldest first, policy.relieve), those read in
+    depth first (a pin found keeps one). The deficit is the larger of the two: both take a
+    prefix of the same oldest-first order. Each entry's size is measured into `sizes` (the
+    report's: not measured again after); `share` is this directory's part of a filesystem it
+    shares (free_shares), else its deficit is worked out here."""
+    known = share.sizes if share is not None else {}
+    for entry in snapshot.entries:
+        hit = known.get(entry.name)
+        sizes[entry.name] = hit[2] if hit is not None and hit[:2] == (entry.ino, entry.changed_ns) \
+            else tree_size(directory.fd, entry.name)
     doomed = {d.entry.name for d in decided.doomed}
-    deficit = budget.relieve_deficit(sum(b for n, b in sizes.items() if n not in doomed))
+    gone = sum(b for n, b in sizes.items() if n in doomed)
+    deficit = budget.relieve_deficit(sum(sizes.values()) - gone)
+    context, _ = snapshot_context(snapshot, directory.policy)
+    if budget.relieves_free:
+        deficit = max(deficit, share.bytes if share is not None else
+                      _own_free_share(directory, decided, context, budget, sizes, gone))
     if not deficit:
         return snapshot, decided
-    context, _ = snapshot_context(snapshot, directory.policy)
     chosen = relieve(decided.decisions, directory.policy, context,
                      lambda name: sizes.get(name, 0), deficit)
     if not chosen:
@@ -125,31 +237,63 @@ def relieved(directory: ManagedDirectory, snapshot: Snapshot, decided: Plan, bud
     return snapshot, plan(snapshot, directory.policy, chosen)
 
 
+def _own_free_share(directory: ManagedDirectory, decided: Plan, context: Context,
+                    budget: Budget, sizes: dict[str, int], gone: int) -> int:
+    """The --min-free deficit of a directory alone on its filesystem: what it must relieve to
+    bring the filesystem HYSTERESIS above the watermark, counting what this sweep deletes anyway
+    and what its trash holds as freed."""
+    vfs = os.statvfs(directory.fd)
+    avail, total = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
+    deficit = budget.free_deficit(avail, total, gone + trash_usage(directory)[1],
+                                  relieving=False)
+    if not deficit:
+        return 0
+    offers = relief_offers(decided.decisions, directory.policy, context, sizes.get)
+    return share_deficit({directory.path: offers}, deficit)[directory.path]
+
+
 def pressure_of(report: DirectoryReport, budget: Budget, dry_run: bool) -> list[str]:
-    """What --max-bytes and --min-free say of a directory after its sweep (alert mode: one line
-    each, nothing more deleted)."""
+    """What --max-bytes and --min-free say of a directory after its sweep: one line each, with
+    the keep reasons that hold its bytes, largest first (and who is behind, when the gate holds
+    the most). Under alert nothing more was deleted; under relieve what soft rules alone kept
+    went first (relieved), so what is left is held by hard rules."""
     if not budget.any or report.result is None:
         return []
     shown = protocol.printable(report.path)
     gone = {d.entry.name for d in report.result.plan.doomed} if dry_run else \
         {t.entry.name for t in report.result.trashed}
-    used = sum(size for name, size in report.sizes.items() if name not in gone)
+    left = [(name, size) for name, size in report.sizes.items() if name not in gone]
+    used = sum(size for _, size in left)
     lines = []
     over = budget.over(used)
-    if over:
-        lines.append(f"{shown}: pressure: holds {human_bytes(used)}, {human_bytes(over)} over "
-                     f"--max-bytes {human_bytes(budget.max_bytes or 0)}; nothing more is deleted "
-                     "than the rules allow (janitor status says what keeps it)")
     try:
         vfs = os.statvfs(report.path)
     except OSError:
-        return lines
-    avail, total = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
-    short = budget.short(avail, total)
+        vfs = None
+    avail = 0 if vfs is None else vfs.f_bavail * vfs.f_frsize
+    total = 0 if vfs is None else vfs.f_blocks * vfs.f_frsize
+    short = 0 if vfs is None else budget.short(avail, total)
+    if not over and not short:
+        return []
+    report.held = held_by((report.holders.get(name, "unknown"), size) for name, size in left)
+    holding = held_text(report.held)
+    gate = None
+    if report.policy is not None:
+        plan_ = report.result.plan
+        gate = gate_text(report.held, plan_.progress.loaded_step, plan_.newest_complete,
+                         report.result.snapshot.consumers, report.policy)
+    tail = ("; ".join(filter(None, [f"held by {holding}", gate])) + "; " +
+            (f"--pressure relieve {'would delete' if dry_run else 'deleted'} what soft rules "
+             "alone kept, the rest is held by hard rules" if budget.pressure == "relieve" else
+             "nothing more is deleted than the rules allow (--pressure alert)"))
+    if over:
+        lines.append(f"{shown}: pressure: holds {human_bytes(used)}, {human_bytes(over)} over "
+                     f"--max-bytes {human_bytes(budget.max_bytes or 0)}; {tail}")
     if short:
         lines.append(f"{shown}: pressure: {human_bytes(avail)} free on its filesystem, "
-                     f"{human_bytes(short)} short of --min-free; nothing more is deleted than "
-                     "the rules allow")
+                     f"{human_bytes(short)} short of --min-free "
+                     f"{human_bytes(budget.free_want(total) or 0)}; this directory holds "
+                     f"{human_bytes(used)}, {tail}")
     return lines
 
 
@@ -222,6 +366,7 @@ def _problems(report: DirectoryReport) -> list[str]:
                      f"({f.reason})" for f in report.result.snapshot.foreign)
         lines.extend(f"{shown}: {protocol.printable(s.entry.name)} kept: {s.why}"
                      for s in report.result.skipped if s.failed)
+        lines.extend(f"{shown}: {line}" for line in dependency_notes(report.result.plan.decisions))
     failed = report.reclaimed.failed.keys() | report.leftover.failed.keys()
     pending = [name for name in report.reclaimed.pending + report.leftover.pending
                if name not in failed]
