@@ -42,8 +42,8 @@ from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root
 from janitor.index import DirectoryIndex
 from janitor.ops.managed import ManagedDirectory, PassResult
+from janitor.ops.relief import relief_offers
 from janitor.ops.report import gate_text
-from janitor.ops.sweep import relief_offers
 from janitor.policy import Context, Decision, Reason, relieve
 
 log = structlog.get_logger("janitor")

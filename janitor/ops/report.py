@@ -31,11 +31,11 @@ def human_bytes(count: int) -> str:
 
 def holder(decision: Decision, policy: Policy, context: Context) -> str:
     """The rule that holds a step's bytes, for the per-reason split of a directory under
-    pressure: its reason, except that a step kept by a soft rule which the consumer gate would
-    keep too is held by the gate (dropping the soft rule would not free it, and --pressure
-    relieve never takes it)."""
+    pressure: its reason, except that a step kept by a soft rule, or needed by another kept
+    step, which the consumer gate would keep too is held by the gate (dropping the other rule
+    would not free it, and --pressure relieve never takes it)."""
     entry = decision.entry
-    if decision.delete or decision.reason not in SOFT_REASONS or \
+    if decision.delete or decision.reason not in (*SOFT_REASONS, Reason.DEPENDED_ON) or \
             gate_allows(entry, policy, context):
         return decision.reason.value
     loaded = context.progress.loaded_step
