@@ -568,7 +568,7 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
                   Reason.POINTED_TO)]
     if number is None:
         step_rules = ("interval-multiple", "newest-complete", "dependency-problem",
-                      "depended-on", "keep-last", *ORDER, "at-or-above-loaded",
+                      "depended-on", "relieved", "keep-last", *ORDER, "at-or-above-loaded",
                       "changed-after-marker")
         rules.insert(3, Rule("in-progress", recent, f"staging directory {changed}",
                              Reason.IN_PROGRESS))
@@ -593,6 +593,7 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
         markers = f"{markers}, or at or below the tracker's step {context.complete_through}"
     rules.append(_in_progress(entry, complete, number, newest, recent, markers, changed))
     rules.extend(_dependency_rules(entry, complete, number, context, needed_by))
+    rules.append(_relieved_rule(entry, number, policy, context))
     rules.append(Rule("keep-last", number in context.kept_last,
                       _rank(complete, number, policy, complete_desc), Reason.KEEP_LAST))
     rules.extend(_soft_rules(number, policy, context))
@@ -602,6 +603,25 @@ def rules_for(entry: Entry, policy: Policy, context: Context, *,
                  Rule("abandoned-partial", True, "deleted when no rule above applies "
                       "(incomplete)", Reason.ABANDONED_PARTIAL))
     return rules
+
+
+def _relieved_rule(entry: Entry, number: int, policy: Policy, context: Context) -> Rule:
+    """--pressure relieve: a step kept only by soft rules, chosen to go (oldest first) while the
+    gate lets it (decide's check, before the soft rules that would keep it)."""
+    soft = number in context.kept_last or bool(context.soft.kept.get(number))
+    chosen = number in context.relieve
+    applies = chosen and soft and gate_allows(entry, policy, context)
+    if applies:
+        detail = "kept only by a soft rule; chosen by --pressure relieve (the oldest go first)"
+    elif chosen:
+        detail = "chosen by --pressure relieve, but no soft rule keeps it here"
+    elif context.relieve:
+        detail = "not among the steps --pressure relieve takes (" + ", ".join(
+            f"step {n}" for n in sorted(context.relieve)[:8]) + \
+            (", ..." if len(context.relieve) > 8 else "") + ")"
+    else:
+        detail = "nothing relieved (no --pressure relieve, or under its budget)"
+    return Rule("relieved", applies, detail, Reason.RELIEVED)
 
 
 def _dependency_rules(entry: Entry, complete: bool, number: int, context: Context,

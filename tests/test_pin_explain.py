@@ -314,7 +314,7 @@ def test_explain_lists_every_rule_that_applies_with_its_values(tmp_path: Path) -
     assert lines[0] == f"{tree}/step_10: keep (interval-multiple)"
     assert lines[-1] == "decision: keep, reason interval-multiple"
     rule_lines = [x for x in lines if x.startswith(("  applies", "  -"))]
-    assert len(rule_lines) == 16  # every rule of decide: pointed-to, dependencies, soft rules too
+    assert len(rule_lines) == 17  # every rule of decide: pointed-to, dependencies, relief too
     assert [x.split()[1] for x in rule_lines if x.startswith("  applies")] == _applying(ten)
     assert sum("<- decides" in x for x in rule_lines) == 1
     assert "<- decides" in next(x for x in rule_lines if "interval-multiple" in x)
@@ -381,12 +381,16 @@ def test_sweep_quiet_prints_only_deletions_and_problems(tmp_path: Path) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(steps=steps_strategy(), consumers=consumers_strategy(), policy=policies,
-       stage=st.lists(st.integers(-2000, 10), max_size=3))
+       stage=st.lists(st.integers(-2000, 10), max_size=3),
+       relieved=st.sets(st.integers(0, 60), max_size=6))
 def test_the_first_applying_rule_is_decides_reason(steps: list[Entry], consumers: list[Consumer],
-                                                   policy: Policy, stage: list[int]) -> None:
+                                                   policy: Policy, stage: list[int],
+                                                   relieved: set[int]) -> None:
     entries = steps + [staging(f"{i}.x", SCANNED_NS + ago * S) for i, ago in enumerate(stage)]
     snap = snapshot(entries, consumers)
-    decided, context, complete = planned(snap, policy)
+    # Any set of steps chosen by --pressure relieve (decide relieves only the soft-kept ones
+    # the gate lets go; rules_for must say the same).
+    decided, context, complete = planned(snap, policy, frozenset(relieved))
     for decision in decided.decisions:
         rules = rules_for(decision.entry, policy, context, complete_desc=complete,
                           consumers=snap.consumers, complete_markers=("STABLE",))
@@ -395,7 +399,7 @@ def test_the_first_applying_rule_is_decides_reason(steps: list[Entry], consumers
         assert first.verdict == decision.reason, (decision, rules)
         assert first.delete == decision.delete
         assert rules[-1].applies and rules[-1].delete  # the deletion rule closes every list
-        assert len({r.name for r in rules}) == len(rules) == 16
+        assert len({r.name for r in rules}) == len(rules) == 17
         assert all(r.detail and "\n" not in r.detail for r in rules)
 
 
@@ -491,3 +495,28 @@ def test_pin_says_so_when_the_step_was_moved_away_while_it_was_pinned(
         pins.pin(str(tree / "step_2"))
     assert refused.value.code == 5
     assert "was moved away (deleted by a janitor?) while it was being pinned" in refused.value.line
+
+
+def test_explain_under_pressure_is_the_sweeps_decision(tmp_path: Path) -> None:
+    """explain --pressure relieve decides every step as `sweep --dry-run` with the same budget
+    does, and names the relieved rule for the steps it takes."""
+    tree = tmp_path / "run"
+    for number in range(1, 9):
+        step = tree / f"step_{number}"
+        step.mkdir(parents=True)
+        (step / "w.bin").write_bytes(os.urandom(200 * 1024))
+        (step / "STABLE").touch()
+    write_marker(tree, 8)
+    flags = ("--keep-last", "6", "--max-bytes", "1M", "--pressure", "relieve")
+    swept = json.loads(run_janitor("sweep", "--dry-run", "--json", "--audit-log", "off", *flags,
+                                   tree).stdout)
+    reasons = {d["step"]: d["reason"] for d in swept["directories"][0]["decisions"]}
+    assert "relieved" in reasons.values()
+    for number, reason in reasons.items():
+        explained = _explain(tree / f"step_{number}", *flags)
+        assert explained["decision"]["reason"] == reason  # type: ignore[index]
+        assert explained["relieved"] == sorted(n for n, r in reasons.items() if r == "relieved")
+        if reason == "relieved":
+            assert _applying(explained)[0] == "relieved"
+    plain = _explain(tree / "step_3", "--keep-last", "6")
+    assert plain["decision"]["reason"] == "keep-last" and plain["relieved"] == []  # type: ignore[index]

@@ -10,20 +10,30 @@ import click
 
 from janitor import exitcodes
 from janitor.cli import options as strict
-from janitor.cli.common import build_policy, policy_given, policy_options, problem_line
+from janitor.cli.common import (
+    budget_options,
+    build_budget,
+    build_policy,
+    policy_given,
+    policy_options,
+    problem_line,
+)
 
 
 @click.command()
 @strict.argument("step", type=strict.FILE_PATH, metavar="PATH/step_N")
 @policy_options
+@budget_options
 @strict.option("--json", "as_json", is_flag=True, type=strict.BOOL,
                help="Print one JSON document instead of text.")
 def explain(step: str, as_json: bool, **kwargs: Any) -> None:
     """Why the janitor keeps or deletes PATH/step_N: every rule that applies, with its values.
 
     As `janitor status` does, the plan is made with the policy a running janitor's lock records,
-    unless policy flags are given here. Read-only. Exit 0, 2 not a step of a managed directory,
-    4 the directory is refused, 5 unreadable.
+    unless policy flags are given here. With --pressure relieve and --max-bytes or --min-free,
+    the decision is the one a sweep would make under that budget (the directory taken as alone
+    on its filesystem). Read-only. Exit 0, 2 not a step of a managed directory, 4 the directory
+    is refused, 5 unreadable.
     """
     from janitor.fs.pins import PinError
     from janitor.ops.explain import as_json as document
@@ -33,9 +43,10 @@ def explain(step: str, as_json: bool, **kwargs: Any) -> None:
     kwargs.pop("dry_run")
     kwargs.pop("max_depth")
     explicit = policy_given(click.get_current_context())
+    budget = build_budget(kwargs)
     policy, options = build_policy(kwargs)
     try:
-        explanation = explain_step(step, policy, options, explicit=explicit)
+        explanation = explain_step(step, policy, options, explicit=explicit, budget=budget)
     except PinError as exc:
         problem_line(exc.line)
         sys.exit(exc.code)

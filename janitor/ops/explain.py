@@ -4,7 +4,9 @@ decided each, and the decision the janitor makes (read-only, like `janitor statu
 The plan is made the way status makes it: with the running janitor's recorded policy unless
 policy flags were given (ops.recorded), over a fresh scan of the whole directory with every pin
 read (ops.pinned), the step itself read in depth (its children's times and its pin). The rules
-are `policy.rules_for`, whose first applying rule is `policy.decide`'s reason.
+are `policy.rules_for`, whose first applying rule is `policy.decide`'s reason. With
+`--pressure relieve` and a budget, the plan is the one a sweep would execute (ops.relief), the
+directory taken as alone on its filesystem.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from janitor import exitcodes, protocol
+from janitor.budget import NO_BUDGET, Budget
 from janitor.fs import lock, reserved
 from janitor.fs.pins import PinError, open_step
 from janitor.fs.scan import deepen
@@ -22,7 +25,8 @@ from janitor.model import ScanOptions
 from janitor.ops.managed import ManagedDirectory
 from janitor.ops.pinned import look_pinned
 from janitor.ops.recorded import Choice, choose
-from janitor.policy import Decision, Policy, Rule, graph_of, planned, rules_for
+from janitor.ops.relief import relieved
+from janitor.policy import Decision, Policy, Reason, Rule, graph_of, planned, rules_for
 
 # The version of `janitor explain --json`'s document: raised when a field changes meaning.
 EXPLAIN_SCHEMA = 1
@@ -43,9 +47,11 @@ class Explanation:
     rules: tuple[Rule, ...]
     decision: Decision | None
     foreign: str | None = None  # why the entry is foreign (never touched), if it is
+    relieved: tuple[int, ...] = ()  # the steps --pressure relieve deletes here
 
 
-def explain(path: str, policy: Policy, options: ScanOptions, *, explicit: bool) -> Explanation:
+def explain(path: str, policy: Policy, options: ScanOptions, *, explicit: bool,
+            budget: Budget = NO_BUDGET) -> Explanation:
     """The explanation of the step at `path`; PinError (one line, an exit code) when the path is
     not a step of a managed directory or cannot be read."""
     own = () if options.layout.name in NAMES else (options.layout,)  # a --layout-file's
@@ -59,7 +65,7 @@ def explain(path: str, policy: Policy, options: ScanOptions, *, explicit: bool) 
                                             "steps in)")
         try:
             return _explain(step.name, step.number, directory, policy, options, explicit,
-                            step.parent_fd)
+                            step.parent_fd, budget)
         except PinError:
             raise
         except reserved.UnsafeObjectError as exc:
@@ -77,7 +83,7 @@ def _parent(path: str) -> str:
 
 
 def _explain(name: str, number: int, directory: str, policy: Policy, options: ScanOptions,
-             explicit: bool, parent_fd: int) -> Explanation:
+             explicit: bool, parent_fd: int, budget: Budget) -> Explanation:
     shown = protocol.printable(os.path.join(directory, name))
     with ManagedDirectory(directory, dry_run=True, policy=policy, options=options) as managed:
         if not _same_directory(managed.fd, parent_fd):
@@ -91,8 +97,14 @@ def _explain(name: str, number: int, directory: str, policy: Policy, options: Sc
         snapshot, _ = look_pinned(managed)
         snapshot = deepen(managed.fd, snapshot, frozenset({name}), options)
         decided, context, complete = planned(snapshot, policy)
+        chosen: frozenset[int] = frozenset()
+        if budget.relieves:
+            snapshot, relief = relieved(managed, snapshot, decided, budget, {})
+            chosen = frozenset(d.entry.number for d in relief.decisions
+                               if d.reason is Reason.RELIEVED and d.entry.number is not None)
+            decided, context, complete = planned(snapshot, policy, chosen)
     bare = Explanation(shown, protocol.printable(directory), name, number, choice, held, holder,
-                       rules=(), decision=None)
+                       rules=(), decision=None, relieved=tuple(sorted(chosen)))
     foreign = next((f for f in snapshot.foreign if f.name == name), None)
     if foreign is not None:
         return dataclasses.replace(bare, foreign=foreign.reason)
@@ -131,6 +143,7 @@ def as_json(explanation: Explanation) -> dict[str, object]:
                    "verdict": "delete" if r.delete else "keep"} for r in e.rules],
         "decision": None if e.decision is None else {
             "action": e.decision.action, "reason": e.decision.reason.value},
+        "relieved": list(e.relieved),
     }
 
 
@@ -147,6 +160,9 @@ def as_text(explanation: Explanation) -> list[str]:
     lines = [head, f"  policy:  {e.choice.policy}; complete when {markers} ({source})"]
     if e.choice.warning:
         lines.append(f"  warning: {e.choice.warning}")
+    if e.relieved:
+        lines.append("  relieve:  --pressure relieve deletes " +
+                     ", ".join(f"step {n}" for n in e.relieved) + " here (oldest soft-kept first)")
     width = max((len(r.name) for r in e.rules), default=0)
     decided = False
     for rule in e.rules:
