@@ -101,9 +101,10 @@ def read_depends(dir_fd: int, step: str,
     """The steps `step` depends on by its dependency files, and why they could not be read (a
     file unreadable, malformed, or missing beside its companion: a sparse patch without its
     manifest). One lookup per source when there is none, the common case."""
-    found: list[int] = []
+    found: list[int] | None = None
     for source in sources:
-        if not _exists(dir_fd, step, source.filename):
+        if not os.access(f"{step}/{source.filename}", os.F_OK, dir_fd=dir_fd,
+                         follow_symlinks=False):  # _exists, inlined: this runs for every step
             if source.companion is not None and _exists(dir_fd, step, source.companion):
                 return (), f"{printable(source.companion)} without {printable(source.filename)}"
             continue
@@ -115,8 +116,11 @@ def read_depends(dir_fd: int, step: str,
         steps = source.parse(data)
         if isinstance(steps, Invalid):
             return (), f"{printable(source.filename)}: {steps.reason}"
-        found.extend(steps)
-    return tuple(dict.fromkeys(found)), None
+        found = [*(found or ()), *steps]
+    return _NONE if found is None else (tuple(dict.fromkeys(found)), None)
+
+
+_NONE: tuple[tuple[int, ...], None] = ((), None)  # no dependency file: the common answer
 
 
 def _exists(dir_fd: int, step: str, name: str) -> bool:

@@ -139,7 +139,7 @@ def _quick_step(dir_fd: int, dev: int, name: str, ino: int, markers: tuple[str, 
             # the ones no pass reads again.
             depends, problem = read_depends(dir_fd, name, layout.depends)
             return Entry(name, number, True, False, max(mst.st_mtime_ns, mst.st_ctime_ns), dev,
-                         ino, depends=depends, depends_problem=problem)
+                         ino, None, depends, problem)
     return None
 
 
