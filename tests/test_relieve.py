@@ -137,9 +137,9 @@ def test_relieve_needs_a_budget(tmp_path: Path) -> None:
        within=st.one_of(st.none(), st.integers(1, 4000)))
 def test_the_split_names_soft_rules_only_for_what_relief_may_take(
         data: st.DataObject, gated: bool, keep_last: int, within: int | None) -> None:
-    """ops.report.holder: a step kept by a soft rule is held by that rule only when the gate
-    would let it go (relief may take it); otherwise by the gate. Every other decision is held
-    by its own reason."""
+    """ops.report.holder: a step kept by a soft rule (or as another kept step's dependency) is
+    held by that rule only when the gate would let it go (relief may take a soft-kept one);
+    otherwise by the gate. Every other decision is held by its own reason."""
     snap = snapshot(data.draw(steps_strategy()), data.draw(consumers_strategy()))
     policy = Policy(gated=gated, keep_last=keep_last,
                     keep_within_s=None if within is None else float(within))
@@ -148,7 +148,7 @@ def test_the_split_names_soft_rules_only_for_what_relief_may_take(
     may_take = relieve(decided.decisions, policy, context, lambda _name: 0, 1)
     for decision in decided.decisions:
         held = holder(decision, policy, context)
-        soft = not decision.delete and decision.reason in SOFT_REASONS
+        soft = not decision.delete and decision.reason in (*SOFT_REASONS, Reason.DEPENDED_ON)
         if soft and not gate_allows(decision.entry, policy, context):
             assert held in ("at-or-above-loaded", "changed-after-marker")
             assert held == "at-or-above-loaded" or \

@@ -12,21 +12,19 @@ iterations of at most RESCAN_SLICE_S each, so a reaction never waits behind a wh
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import math
 import os
 import signal
 import socket
-import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psutil
 import structlog
 
 from janitor import __version__, exitcodes
+from janitor.daemon.budgets import Budgets
 from janitor.daemon.config import DaemonConfig, StartupError
 from janitor.daemon.dirty import DirtySet, Want
 from janitor.daemon.fleet import SENTINEL_STEPS, Fleet, Held, Node, os_error
@@ -34,7 +32,7 @@ from janitor.daemon.footprint import Footprint
 from janitor.daemon.health_http import HealthServer, Liveness, start_server
 from janitor.daemon.metrics import Metrics
 from janitor.daemon.notify import Notifier
-from janitor.daemon.pressure import SPLIT_GAP_S, FreeRelief, PressureWatch, SplitJob
+from janitor.daemon.pressure import PressureWatch
 from janitor.daemon.reclaimer import Item, Reclaimer
 from janitor.daemon.recorder import PassRecorder
 from janitor.daemon.watch import signature
@@ -42,9 +40,6 @@ from janitor.fs import lock, presence, reaper
 from janitor.fs.paths import check_root
 from janitor.index import DirectoryIndex
 from janitor.ops.managed import ManagedDirectory, PassResult
-from janitor.ops.relief import relief_offers
-from janitor.ops.report import gate_text
-from janitor.policy import Context, Decision, Reason, relieve
 
 log = structlog.get_logger("janitor")
 
@@ -84,23 +79,8 @@ class Daemon:
         sized = served or budget.max_bytes is not None or budget.relieves_free
         self.footprint = Footprint(self._publish_bytes) if sized else None
         self._trash_bytes: dict[str, int] = {}
-        # The budgets' state (janitor.daemon.pressure): each directory's last Context (what a
-        # per-reason split decides in), the directories a relief pass was asked for, the split
-        # under way and when each directory may be split again, and --min-free's relief.
-        self._contexts: dict[str, Context] = {}
-        self._relief_asked: set[str] = set()
-        self._split: SplitJob | None = None
-        self._split_done: dict[str, tuple[object, float]] = {}
-        self.free = FreeRelief(budget, self._measured) if budget.relieves_free else None
-        self._next_free_check = 0.0
-        # Steps the loop renamed into the trash and the reclaimer has not freed yet (bytes by
-        # trash name), counted as freed so relief does not take more while they are reclaimed;
-        # the reclaim thread removes them.
-        self._in_trash: dict[str, dict[str, int]] = {}
-        self._in_trash_lock = threading.Lock()
-        # Steps relief chose that turned out pinned when read in depth: not offered again
-        # while the step is unchanged (by name: inode and change time).
-        self._found_pinned: dict[str, dict[str, tuple[int, int]]] = {}
+        self.budgets = Budgets(budget, self.footprint, lambda: self.fleet.dirs, self.dirty,
+                               self.pressure, self._trash_bytes, RESCAN_SLICE_S / 2)
         self.reclaimer = Reclaimer(self._on_deleted, self._publish_trash if sized else None,
                                    workers=config.reclaim_workers)
 
@@ -197,11 +177,11 @@ class Daemon:
         next_poll = now + self.config.poll_interval_s
         while not self._stopping():
             self._hang_if_asked()
-            deadlines = [next_rescan, now + self._heartbeat_s(), *self._budget_deadlines(now)]
+            deadlines = [next_rescan, now + self._heartbeat_s(), *self.budgets.deadlines(now)]
             if self.fleet.polling():
                 deadlines.append(next_poll)
             busy = self._rescanning() or (self.footprint is not None and self.footprint.pending) \
-                or self._split is not None
+                or self.budgets.busy
             timeout = 0.0 if busy else min(deadlines) - time.monotonic()
             self.dirty.wait(max(0.0, timeout))
             if self._stopping():
@@ -221,8 +201,8 @@ class Daemon:
             self._reconcile_dirty()
             self._advance_rescans()
             self._advance_footprint()
-            self._check_free(now)
-            self._advance_split(time.monotonic())
+            self.budgets.check_free(now)
+            self.budgets.advance_split(time.monotonic())
             self._heartbeat()
         self.notifier.stopping()
         log.info("stopping", signal=signal.Signals(self._stop_signal or 0).name)
@@ -398,8 +378,7 @@ class Daemon:
         for path in sorted(dirty):
             held = self.dirs.get(path)
             if held is not None:
-                if self._budgeted() and held.tracked.relieve is None:
-                    held.tracked.relieve = self._relief_for(path)
+                self.budgets.hook(path, held)
                 decided = self._reconcile(path, held, dirty[path]) or decided
         if decided:
             self.liveness.pass_finished(self.recorder.finished(started, self.dirs))
@@ -476,202 +455,13 @@ class Daemon:
         if footprint is None:
             return
         index = held.tracked.index
-        if result.trashed and self.free is not None:
-            # Sized before the footprint forgets them: the trash holds them until reclaimed.
-            with self._in_trash_lock:
-                self._in_trash.setdefault(path, {}).update(
-                    (t.trash_name, footprint.size_of(path, t.entry.name)) for t in result.trashed)
-            self.free.taken(path, [t.entry.name for t in result.trashed])
+        self.budgets.passed(path, result)  # sized before the footprint forgets the trashed
         if want.full or want.relist or not footprint.known(path):
             footprint.refresh(path, index)
         else:
             footprint.touch(path, held.tracked.last_read, index)
-        if self.config.budget.relieves:
-            self._learn_pins(path, result)
         if result.trashed:
             footprint.removed(path, [t.entry.name for t in result.trashed])
-
-    def _budgeted(self) -> bool:
-        """Whether passes report their Context and decisions to the budgets (the relief hook):
-        under --pressure relieve, and for the per-reason split of --max-bytes."""
-        return self.config.budget.relieves or self.config.budget.max_bytes is not None
-
-    def _relief_for(self, path: str) -> Callable[[list[Decision], Context], frozenset[int]]:
-        return lambda decisions, context: self._relief(path, decisions, context)
-
-    def _relief(self, path: str, decisions: list[Decision], context: Context) -> frozenset[int]:
-        """Each pass: keep its Context (for the split); under --pressure relieve, the soft-kept
-        steps to delete, oldest first, by the sizes the footprint measured: enough to bring the
-        directory HYSTERESIS under --max-bytes (a step not measured yet counts 0, so more go,
-        never a hard-kept one) and its share of its filesystem's --min-free deficit (where a
-        step not measured yet stops the share: FreeRelief), whichever is more."""
-        self._contexts[path] = context
-        self._relief_asked.discard(path)
-        budget = self.config.budget
-        footprint = self.footprint
-        if not budget.relieves or footprint is None:
-            return frozenset()
-        managed = self.dirs[path].tracked.managed
-        pinned = self._found_pinned.get(path)
-        if pinned:
-            decisions = [d for d in decisions
-                         if pinned.get(d.entry.name) != (d.entry.ino, d.entry.changed_ns)]
-        # What stays: the steps less those this pass deletes anyway. The trash is not counted:
-        # it is being freed, and counting it would relieve more than the budget asks.
-        gone = sum(footprint.size_of(path, d.entry.name) for d in decisions if d.delete)
-        deficit = budget.relieve_deficit(footprint.total(path) - gone)
-        if self.free is not None:
-            offers = relief_offers(decisions, managed.policy, context,
-                                   lambda name: footprint.measured(path, name))
-            self.free.offer(path, managed.dev, offers)
-            short = self._free_deficit(managed.dev, managed.fd, gone)
-            if short:
-                shares = self.free.shares(managed.dev, short)
-                deficit = max(deficit, shares.get(path, 0))
-                self._ask_relief([p for p, b in shares.items() if b and p != path])
-        if not deficit:
-            return frozenset()
-        return relieve(decisions, managed.policy, context,
-                       lambda name: footprint.size_of(path, name), deficit)
-
-    def _ask_relief(self, paths: list[str]) -> None:
-        """A pass for each of `paths`, to relieve (a split waits for it)."""
-        if paths:
-            self._relief_asked.update(paths)
-            self.dirty.touch(paths)
-
-    def _learn_pins(self, path: str, result: PassResult) -> None:
-        """Steps a pass found pinned when reading them in depth (relief chose them): relief
-        offers them no more while they are unchanged."""
-        found = self._found_pinned.get(path)
-        if found is not None:
-            index = self.dirs[path].tracked.index
-            for name in [n for n, seen in found.items() if (entry := index.entries.get(n)) is None
-                         or (entry.ino, entry.changed_ns) != seen]:
-                del found[name]
-        for decision in result.plan.decisions:
-            if decision.reason is Reason.PINNED:
-                entry = decision.entry
-                self._found_pinned.setdefault(path, {})[entry.name] = (entry.ino,
-                                                                       entry.changed_ns)
-
-    def _measured(self, path: str, name: str) -> int | None:
-        return None if self.footprint is None else self.footprint.measured(path, name)
-
-    def _trash_pending(self, path: str) -> int:
-        """Bytes of `path` in the trash being reclaimed: what the reclaimer measured, or what
-        the loop renamed there and it has not measured yet, whichever is more."""
-        with self._in_trash_lock:
-            renamed = sum(self._in_trash.get(path, {}).values())
-        return max(self._trash_bytes.get(path, 0), renamed)
-
-    def _free_deficit(self, dev: int, fd: int, gone: int) -> int:
-        """Bytes relief must free on filesystem `dev` (statvfs through `fd`), counting as freed
-        the trash being reclaimed in every directory on it and `gone` (deleted anyway)."""
-        assert self.free is not None
-        # The trash first, then the free space: a step reclaimed in between is counted twice
-        # (relief waits for the next look), never not at all (relief would take too much).
-        pending = sum(self._trash_pending(p) for p, h in self.dirs.items()
-                      if h.tracked.managed.dev == dev)
-        try:
-            vfs = os.statvfs(fd)
-        except OSError:
-            return 0
-        return self.free.deficit(dev, vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize,
-                                 pending + gone)
-
-    def _check_free(self, now: float) -> None:
-        """--min-free under relieve, every FREE_CHECK_S: a filesystem short of it (by whatever
-        took the space) gets a pass in each directory whose share of the deficit is not 0."""
-        if self.free is None or now < self._next_free_check:
-            return
-        self._next_free_check = now + FREE_CHECK_S
-        self.free.keep_only(self.dirs)
-        by_dev: dict[int, Held] = {}
-        for held in self.dirs.values():
-            by_dev.setdefault(held.tracked.managed.dev, held)
-        for dev, held in by_dev.items():
-            short = self._free_deficit(dev, held.tracked.managed.fd, 0)
-            if short:
-                self._ask_relief([p for p, b in self.free.shares(dev, short).items() if b])
-
-    def _budget_deadlines(self, now: float) -> list[float]:
-        """When the budgets want the loop back: the next free-space check, the next time a
-        directory over --max-bytes may be split again."""
-        out = []
-        if self.free is not None:
-            out.append(self._next_free_check)
-        for path in self.pressure.over_paths():
-            done = self._split_done.get(path)
-            if done is not None and done[1] > now:
-                out.append(done[1])
-        return out
-
-    def _forget_released(self) -> None:
-        """The budgets' state of directories no longer held (rare: O(directories))."""
-        for table in (self._contexts, self._found_pinned):
-            for path in [p for p in table if p not in self.dirs]:
-                del table[path]
-        with self._in_trash_lock:
-            for path in [p for p in self._in_trash if p not in self.dirs]:
-                del self._in_trash[path]
-
-    # ---- the per-reason split of a directory over --max-bytes ------------------------------
-
-    def _split_key(self, path: str, held: Held, context: Context) -> object:
-        """What the split rests on, so it is made again only when one of them changed: a few
-        numbers, compared at every loop iteration while the directory is over its budget (the
-        --keep-last set and the steps held by dependencies change with the steps, which the
-        bytes and the step count follow; the soft rules' result is compared by identity)."""
-        footprint = self.footprint
-        assert footprint is not None
-        return (footprint.total(path), held.tracked.index.step_count, self._trash_pending(path),
-                context.progress, context.newest_complete, context.pointed,
-                context.complete_through, len(context.held))
-
-    def _advance_split(self, now: float) -> None:
-        """Start the split of a directory over --max-bytes whose split could have changed (its
-        sizes known, no relief pass pending), or advance the one under way."""
-        footprint = self.footprint
-        if len(self._contexts) > len(self.dirs):
-            self._forget_released()
-        if footprint is None or self.config.budget.max_bytes is None:
-            return
-        if self._split is None:
-            over = self.pressure.over_paths()
-            for path in [p for p in self._split_done if p not in over]:
-                del self._split_done[path]
-            for path in over:
-                held, context = self.dirs.get(path), self._contexts.get(path)
-                if held is None or context is None or footprint.pending_in(path) or \
-                        path in self._relief_asked:
-                    continue
-                key = (self._split_key(path, held, context), context.soft)
-                done = self._split_done.get(path)
-                if done is not None and (_same_key(done[0], key) or now < done[1]):
-                    continue
-                self._split = SplitJob(path, held.tracked.managed.fd, held.tracked.index,
-                                       held.tracked.managed.policy, context,
-                                       functools.partial(footprint.size_of, path), key)
-                break
-        job = self._split
-        if job is None:
-            return
-        held = self.dirs.get(job.path)
-        if held is None or held.tracked.index is not job.index:
-            self._split = None  # released, or its index rebuilt (a full pass): start again
-            return
-        if not job.advance(RESCAN_SLICE_S / 2):
-            return
-        self._split = None
-        path = job.path
-        self._split_done[path] = (job.key, time.monotonic() + max(SPLIT_GAP_S, 10 * job.spent_s))
-        split = job.result(self._trash_pending(path))
-        index = job.index
-        consumers = [index.consumers[k] for k in sorted(index.consumers)]
-        behind = gate_text(split, job.context.progress.loaded_step, job.context.newest_complete,
-                           consumers, job.policy)
-        self.pressure.held(path, split, behind)
 
     def _advance_footprint(self) -> None:
         if self.footprint is None or not self.footprint.pending:
@@ -690,9 +480,7 @@ class Daemon:
         if held.stream is not None:
             self.metrics.set_directory_bytes(held.stream, bytes_)
         self.pressure.directory(path, held.stream, bytes_ + self._trash_bytes.get(path, 0))
-        budget = self.config.budget
-        if budget.relieves_bytes and budget.relieve_deficit(bytes_):
-            self._ask_relief([path])  # a pass decides again with the sizes now known
+        self.budgets.sized(path, bytes_)
 
     def _publish_trash(self, path: str, bytes_: int, total: int) -> None:
         """Called on the reclaim thread: trash bytes of one directory and of all of them."""
@@ -718,18 +506,10 @@ class Daemon:
     def _on_deleted(self, directory: str, item: Item, stats: reaper.ReclaimStats) -> None:
         """Called on the reclaim thread once a trashed step's bytes are freed."""
         self._deleted_steps += 1
-        with self._in_trash_lock:
-            self._in_trash.get(directory, {}).pop(item.trash_name, None)
+        self.budgets.reclaimed(directory, item.trash_name)
         self.metrics.reclaimed(stats.bytes, stats.files)
         log.info("deleted", directory=directory, step=item.step, reason=item.reason,
                  bytes=stats.bytes, files=stats.files)
-
-
-def _same_key(a: object, b: object) -> bool:
-    """Two split keys (facts, SoftKeeps) are the same: the facts equal, the soft rules' result
-    the very same object (the index keeps it until its steps change)."""
-    assert isinstance(a, tuple) and isinstance(b, tuple)
-    return bool(a[0] == b[0] and a[1] is b[1])
 
 
 def _sentinel_steps(held: Held, result: PassResult) -> tuple[str, ...]:
