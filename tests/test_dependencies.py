@@ -369,3 +369,37 @@ def test_a_bad_depends_on_is_refused_and_nothing_is_published(depends_on: object
         assert (written.read_bytes() if expected else b"") == \
             "".join(f"{n}\n" for n in expected).encode()
         assert parse_lines(written.read_bytes() if expected else b"") == tuple(expected)
+
+
+def test_out_of_fds_is_a_failed_read_not_a_step_without_dependencies(tmp_path: Path) -> None:
+    """With no fd left, a kept step's DEPENDS_ON cannot be opened: that must fail the pass (the
+    janitor deletes nothing), not read as "unreadable", which would keep only that step and let
+    what it names go. Then, with fds back, the same sweep keeps the chain."""
+    import subprocess
+    import sys
+
+    tree = tmp_path / "broadcasts"
+    _chain(tree, range(1, 6), full_every=3)  # 3 full; 4 needs 3; 5 needs 4
+    publish_marker(tree, 5)
+    child = f"""
+import errno, os, resource
+from janitor.fs.pointers import read_depends
+from janitor.layouts import STEP
+fd = os.open({str(tree)!r}, os.O_RDONLY | os.O_DIRECTORY)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+try:
+    print(read_depends(fd, "step_5", STEP.depends))
+except OSError as exc:
+    print("raised", errno.errorcode[exc.errno])
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.stdout.strip() == "raised EMFILE", done
+    _sweep(tmp_path)
+    assert step_numbers(tree) == [3, 4, 5]

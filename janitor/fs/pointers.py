@@ -130,15 +130,24 @@ def _exists(dir_fd: int, step: str, name: str) -> bool:
     return os.access(f"{step}/{name}", os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
 
 
+# Errors that say nothing of the file, only of the janitor's own state (no fd left, no memory):
+# raised, so the pass fails and deletes nothing, rather than read as a problem of the file (a
+# dependency file "unreadable" for want of an fd would keep only its own step, not what it names).
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR})
+
+
 def read_in_step(dir_fd: int, step: str, filename: str, limit: int) -> bytes | str | None:
     """The bytes of `step/filename` (a regular file of at most `limit` bytes, never through a
-    symlink, never blocking on a FIFO), None when it is not there, or why it cannot be read."""
+    symlink, never blocking on a FIFO), None when it is not there, or why it cannot be read.
+    OSError for a failure of the janitor's own (out of fds or memory), not of the file."""
     try:
         step_fd = os.open(step, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                           dir_fd=dir_fd)
     except FileNotFoundError:
         return None  # gone since it was listed: the next pass reads the next newest
     except OSError as exc:
+        if exc.errno in _TRANSIENT:
+            raise
         return f"unreadable ({exc.strerror})"
     try:
         try:
@@ -146,6 +155,8 @@ def read_in_step(dir_fd: int, step: str, filename: str, limit: int) -> bytes | s
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno in _TRANSIENT:
+                raise
             return open_problem(exc, filename)
         try:
             st = os.fstat(fd)
@@ -156,6 +167,8 @@ def read_in_step(dir_fd: int, step: str, filename: str, limit: int) -> bytes | s
             data = _read_all(fd, limit + 1)
             return data if len(data) <= limit else f"more than {limit} bytes"
         except OSError as exc:
+            if exc.errno in _TRANSIENT:
+                raise
             return f"unreadable ({exc.strerror})"
         finally:
             os.close(fd)
