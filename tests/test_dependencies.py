@@ -403,3 +403,32 @@ except OSError as exc:
     assert done.stdout.strip() == "raised EMFILE", done
     _sweep(tmp_path)
     assert step_numbers(tree) == [3, 4, 5]
+
+
+def test_a_settled_dependency_file_is_parsed_once_and_again_when_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain's held steps are read again at every pass: a sparse manifest (megabytes of JSON)
+    must not be parsed again while it is the same file; a rewrite is seen at once."""
+    from janitor.fs import pointers
+    from janitor.layouts import STEP
+
+    calls: list[bytes] = []
+    real = dependencies.parse_lines
+    monkeypatch.setattr(dependencies, "parse_lines", lambda data: calls.append(data) or real(data))
+    monkeypatch.setattr(pointers, "SETTLE_NS", 0)
+    _chain(tmp_path, range(1, 3), full_every=1)
+    (tmp_path / "step_2" / "DEPENDS_ON").write_bytes(b"1\n")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(5):
+            assert pointers.read_depends(fd, "step_2", STEP.depends) == ((1,), None)
+        assert len(calls) == 1
+        # Rewritten in place: a new ctime (and here a new size too, as a coarse clock may not
+        # tick between two writes; SETTLE_NS is what covers that outside this test).
+        (tmp_path / "step_2" / "DEPENDS_ON").write_bytes(b"0\n1\n")
+        assert pointers.read_depends(fd, "step_2", STEP.depends) == ((0, 1), None)
+        (tmp_path / "step_2" / "DEPENDS_ON").write_bytes(b"not one\n")
+        assert pointers.read_depends(fd, "step_2", STEP.depends)[1] is not None
+        assert len(calls) == 3
+    finally:
+        os.close(fd)

@@ -16,6 +16,8 @@ import errno
 import json
 import os
 import stat
+import time
+from collections import OrderedDict
 
 from janitor.dependencies import DependencySource
 from janitor.fs import reserved
@@ -108,19 +110,51 @@ def read_depends(dir_fd: int, step: str,
             if source.companion is not None and _exists(dir_fd, step, source.companion):
                 return (), f"{printable(source.companion)} without {printable(source.filename)}"
             continue
-        data = read_in_step(dir_fd, step, source.filename, source.limit)
-        if data is None:
+        steps = _parsed(dir_fd, step, source)
+        if steps is None:
             continue  # gone since the lookup: read again with the step
-        if isinstance(data, str):
-            return (), f"{printable(source.filename)}: {data}"
-        steps = source.parse(data)
-        if isinstance(steps, Invalid):
-            return (), f"{printable(source.filename)}: {steps.reason}"
+        if isinstance(steps, str):
+            return (), f"{printable(source.filename)}: {steps}"
         found = [*(found or ()), *steps]
     return _NONE if found is None else (tuple(dict.fromkeys(found)), None)
 
 
 _NONE: tuple[tuple[int, ...], None] = ((), None)  # no dependency file: the common answer
+# Parsed dependency files by identity (device, inode, size, mtime, ctime, the source), so a
+# step read again at every pass (a candidate, a chain's held steps) does not parse its sparse
+# manifest (megabytes of JSON) again. Only files whose ctime is SETTLE_NS old are kept: a write
+# within one tick of a coarse clock cannot hide behind an unchanged identity.
+_PARSED: OrderedDict[tuple[object, ...], tuple[int, ...] | str] = OrderedDict()
+PARSED_ENTRIES = 4096
+SETTLE_NS = 2_000_000_000
+
+
+def _parsed(dir_fd: int, step: str, source: DependencySource) -> tuple[int, ...] | str | None:
+    """One dependency file's steps, or why it cannot be used, or None when it is gone."""
+    try:
+        st = os.stat(f"{step}/{source.filename}", dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in _TRANSIENT:
+            raise
+        st = None  # read_in_step says why
+    key = None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                   st.st_ctime_ns, source)
+    if key is not None and key in _PARSED:
+        _PARSED.move_to_end(key)
+        return _PARSED[key]
+    data = read_in_step(dir_fd, step, source.filename, source.limit)
+    if data is None or isinstance(data, str):
+        return data
+    steps = source.parse(data)
+    result = steps.reason if isinstance(steps, Invalid) else steps
+    if st is not None and key is not None and stat.S_ISREG(st.st_mode) and \
+            time.time_ns() - st.st_ctime_ns > SETTLE_NS:
+        _PARSED[key] = result
+        if len(_PARSED) > PARSED_ENTRIES:
+            _PARSED.popitem(last=False)
+    return result
 
 
 def _exists(dir_fd: int, step: str, name: str) -> bool:
