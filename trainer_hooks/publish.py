@@ -90,8 +90,10 @@ def save_step(directory: str | os.PathLike[str], step: int, state_dict: Any,
     """
     number = check_step(step)
     name = check_file_name(filename, "filename")
-    if name in (complete_marker, protocol.DEPENDS_FILE):
-        raise ValueError(f"filename {name!r} is a name the protocol reserves inside a step; "
+    if name == complete_marker:
+        raise ValueError(f"filename {name!r} is the completion marker's name; pick another")
+    if name == protocol.DEPENDS_FILE:
+        raise ValueError(f"filename {name!r} is the name of a step's dependency file; "
                          "pick another")
     if isinstance(wait_for_headroom, bool):
         timeout = 600.0 if wait_for_headroom else None
