@@ -83,6 +83,7 @@ class Events:
     janitor_deleted: int = 0
     janitor_errors: list[str] = field(default_factory=list)
     trainer_done: bool = False
+    consumer_ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handled(self) -> int:
@@ -99,6 +100,8 @@ def _follow(stream: TextIO, events: Events) -> None:
                 events.published.append(record)
             elif role == "trainer" and event == "done":
                 events.trainer_done = True
+            elif role == "consumer" and event == "ready":
+                events.consumer_ready = True
             elif role == "consumer" and event == "loaded":
                 events.loaded.append(record)
             elif role == "consumer" and event == "load_failed":
@@ -170,12 +173,6 @@ def run_one(cfg: Config, key: str, base: Path) -> dict[str, Any]:
     if cleaner == "janitor":
         procs["janitor"] = _spawn([*janitor_command(), "run", str(root), "--log-format", "json",
                                    "--interval-to-keep", str(cfg.interval_to_keep)])
-    procs["trainer"] = _spawn([
-        *me, "trainer", str(directory), "--seconds", "1e9", "--steps", str(cfg.steps),
-        "--step-interval", str(cfg.step_interval), "--width", str(cfg.width),
-        "--seed", str(cfg.seed), "--files-per-step", str(cfg.files_per_step),
-        "--step-bytes", str(cfg.step_bytes), "--interval-to-keep", str(cfg.interval_to_keep),
-        "--cleaner", "none" if cleaner == "janitor" else cleaner])
     procs["consumer"] = _spawn([
         *me, "consumer", str(directory), "--seed", str(cfg.seed), "--stall-dist", "pareto",
         "--stall-chance", str(cfg.stall_chance), "--stall-scale", str(cfg.stall_scale),
@@ -183,11 +180,26 @@ def run_one(cfg: Config, key: str, base: Path) -> dict[str, Any]:
         "--idle-timeout", "3600",
         *[arg for forced in cfg.forced_stalls for arg in ("--forced-stall", forced)]])
     readers = [threading.Thread(target=_follow, args=(stream, events), daemon=True)
-               for stream in (procs["trainer"].stdout, procs["consumer"].stdout,
+               for stream in (procs["consumer"].stdout,
                               procs["janitor"].stderr if "janitor" in procs else None)
                if stream is not None]
     for reader in readers:
         reader.start()
+    # The trainer starts once the consumer has imported torch and can load: on a busy machine
+    # the consumer's start alone could otherwise outlast a short run, and no marker would come.
+    _wait_until(lambda: events.consumer_ready or procs["consumer"].poll() is not None,
+                deadline, "the consumer's start")
+    started = time.monotonic()  # the trainer's time, from its start
+    procs["trainer"] = _spawn([
+        *me, "trainer", str(directory), "--seconds", "1e9", "--steps", str(cfg.steps),
+        "--step-interval", str(cfg.step_interval), "--width", str(cfg.width),
+        "--seed", str(cfg.seed), "--files-per-step", str(cfg.files_per_step),
+        "--step-bytes", str(cfg.step_bytes), "--interval-to-keep", str(cfg.interval_to_keep),
+        "--cleaner", "none" if cleaner == "janitor" else cleaner])
+    trainer_reader = threading.Thread(target=_follow, args=(procs["trainer"].stdout, events),
+                                      daemon=True)
+    trainer_reader.start()
+    readers.insert(0, trainer_reader)
     sampled: dict[str, int] = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_sample, args=(directory, cfg.sample_interval, stop,

@@ -213,8 +213,11 @@ def run_consumer(directory: Path, seed: int, stall_chance: float, stall_s: tuple
     A step with a manifest is loaded whole: model.pt with torch.load, then every shard file, each
     checked against the manifest, so a step deleted under the consumer counts as a load failure.
     """
+    import torch  # noqa: F401  (imported before `ready`: a consumer that can load at once)
+
     if schedule is None:
         schedule = StallSchedule(chance=stall_chance, low=stall_s[0], high=stall_s[1])
+    _emit(role="consumer", event="ready")
     rng = random.Random(seed)  # noqa: S311 (a stall schedule, not a secret)
     last: int | None = None
     index = 0
