@@ -39,11 +39,11 @@ class Budgets:
     """The budgets' state and work for one daemon (only what its budget asks for runs)."""
 
     def __init__(self, budget: Budget, footprint: Footprint | None,
-                 dirs: Callable[[], dict[str, Held]], dirty: DirtySet, pressure: PressureWatch,
+                 dirs: dict[str, Held], dirty: DirtySet, pressure: PressureWatch,
                  trash_bytes: dict[str, int], slice_s: float) -> None:
         self.budget = budget
         self.footprint = footprint
-        self._dirs = dirs
+        self.dirs = dirs  # the fleet's held directories (the same dict, kept up to date)
         self.dirty = dirty
         self.pressure = pressure
         # Trash bytes per directory as the reclaimer measured them (written by its thread).
@@ -66,10 +66,6 @@ class Budgets:
         # Steps relief chose that turned out pinned when read in depth: not offered again
         # while the step is unchanged (by name: inode and change time).
         self._found_pinned: dict[str, dict[str, tuple[int, int]]] = {}
-
-    @property
-    def dirs(self) -> dict[str, Held]:
-        return self._dirs()
 
     @property
     def busy(self) -> bool:

@@ -113,8 +113,7 @@ class Footprint:
 
     def size_of(self, path: str, name: str) -> int:
         """The measured size of one step (0 while not measured yet)."""
-        sized = self._sizes.get(path, {}).get(name)
-        return 0 if sized is None else sized.bytes
+        return self.measured(path, name) or 0
 
     def measured(self, path: str, name: str) -> int | None:
         """The measured size of one step, None while it was never measured."""

@@ -79,7 +79,7 @@ class Daemon:
         sized = served or budget.max_bytes is not None or budget.relieves_free
         self.footprint = Footprint(self._publish_bytes) if sized else None
         self._trash_bytes: dict[str, int] = {}
-        self.budgets = Budgets(budget, self.footprint, lambda: self.fleet.dirs, self.dirty,
+        self.budgets = Budgets(budget, self.footprint, self.fleet.dirs, self.dirty,
                                self.pressure, self._trash_bytes, RESCAN_SLICE_S / 2)
         self.reclaimer = Reclaimer(self._on_deleted, self._publish_trash if sized else None,
                                    workers=config.reclaim_workers)

@@ -105,8 +105,7 @@ def read_depends(dir_fd: int, step: str,
     manifest). One lookup per source when there is none, the common case."""
     found: list[int] | None = None
     for source in sources:
-        if not os.access(f"{step}/{source.filename}", os.F_OK, dir_fd=dir_fd,
-                         follow_symlinks=False):  # _exists, inlined: this runs for every step
+        if not _exists(dir_fd, step, source.filename):
             if source.companion is not None and _exists(dir_fd, step, source.companion):
                 return (), f"{printable(source.companion)} without {printable(source.filename)}"
             continue
